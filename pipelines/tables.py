@@ -1,0 +1,169 @@
+"""The one place for table I/O.
+
+Tables live under a root (``OUT``) and are partitioned by ``run_date``:
+
+- ``parquet`` (local default): the table is the folder ``OUT/<table>/``, one partition folder
+  ``OUT/<table>/run_date=<date>/`` per run. A write goes to a hidden staging folder
+  (``_staging-...``; Spark skips names starting with ``_``) and is swapped in by renames, so a
+  reader sees the old partition or the new one, never a half-written one; other dates are untouched.
+- ``delta`` (Databricks, or wherever the Delta jars are on the classpath): one Delta table per
+  name at ``OUT/<table>``, written with ``replaceWhere run_date = <date>`` (atomic by the Delta log).
+
+Rerunning a job for the same run date therefore replaces that date's rows and never duplicates them.
+Side files (stats, manifests) go through :func:`write_json_atomic` (temp file + rename).
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pipelines.errors import ConfigError, InputError
+from pipelines.log import get_logger
+
+log = get_logger(__name__)
+
+FORMATS = ("parquet", "delta")
+PARTITION_COLUMN = "run_date"
+
+
+def normalize_root(root: str) -> str:
+    """Absolute local path for scheme-less roots; URIs (dbfs:/, s3://, file:/...) unchanged."""
+    if "://" in root or root.startswith(("dbfs:", "file:")):
+        return root.rstrip("/")
+    return os.path.abspath(root)
+
+
+def _hadoop_fs(spark, path: str):
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
+
+
+def path_exists(spark, path: str) -> bool:
+    fs, hpath = _hadoop_fs(spark, path)
+    return bool(fs.exists(hpath))
+
+
+def atomic_write_dir(spark, final_path: str, write: Callable[[str], None]) -> str:
+    """Run ``write(staging_path)`` then swap the staging folder in place of ``final_path``.
+
+    The staging folder is a sibling named ``_staging-<uuid>`` so readers of the parent ignore it.
+    """
+    parent, name = final_path.rstrip("/").rsplit("/", 1)
+    token = uuid.uuid4().hex[:12]
+    staging = f"{parent}/_staging-{name}-{token}"
+    trash = f"{parent}/_trash-{name}-{token}"
+    write(staging)
+    fs, final_h = _hadoop_fs(spark, final_path)
+    jvm = spark._jvm
+    staging_h, trash_h = jvm.org.apache.hadoop.fs.Path(staging), jvm.org.apache.hadoop.fs.Path(trash)
+    had_old = fs.exists(final_h)
+    if had_old and not fs.rename(final_h, trash_h):
+        raise OSError(f"could not move {final_path} aside")
+    if not fs.rename(staging_h, final_h):
+        if had_old:
+            fs.rename(trash_h, final_h)
+        raise OSError(f"could not move {staging} to {final_path}")
+    if had_old:
+        fs.delete(trash_h, True)
+    return final_path
+
+
+@dataclass(frozen=True)
+class TableStore:
+    root: str
+    fmt: str = "parquet"
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ConfigError(f"table format {self.fmt!r} is not one of {list(FORMATS)}")
+        object.__setattr__(self, "root", normalize_root(self.root))
+
+    def path(self, table: str) -> str:
+        return f"{self.root}/{table}"
+
+    def partition_path(self, table: str, run_date: str) -> str:
+        return f"{self.path(table)}/{PARTITION_COLUMN}={run_date}"
+
+    def write(self, df, table: str, run_date: str) -> str:
+        """Replace the ``run_date`` partition of ``table`` with ``df`` (atomically for readers)."""
+        from pyspark.sql import functions as F
+
+        spark = df.sparkSession
+        if PARTITION_COLUMN in df.columns:
+            df = df.drop(PARTITION_COLUMN)
+        if self.fmt == "parquet":
+            target = self.partition_path(table, run_date)
+            atomic_write_dir(spark, target, lambda p: df.write.mode("overwrite").parquet(p))
+        else:
+            target = self.path(table)
+            (df.withColumn(PARTITION_COLUMN, F.lit(run_date).cast("date"))
+               .write.format("delta").mode("overwrite")
+               .option("replaceWhere", f"{PARTITION_COLUMN} = '{run_date}'")
+               .partitionBy(PARTITION_COLUMN).save(target))
+        log.info("wrote table %s for run_date=%s (%s) at %s", table, run_date, self.fmt, target)
+        return target
+
+    def exists(self, spark, table: str, run_date: str) -> bool:
+        if self.fmt == "parquet":
+            return path_exists(spark, self.partition_path(table, run_date))
+        if not path_exists(spark, self.path(table) + "/_delta_log"):
+            return False
+        return self._read_delta(spark, table, run_date).limit(1).count() > 0
+
+    def _read_delta(self, spark, table: str, run_date: str):
+        from pyspark.sql import functions as F
+        return (spark.read.format("delta").load(self.path(table))
+                .where(F.col(PARTITION_COLUMN) == F.lit(run_date).cast("date")))
+
+    def read(self, spark, table: str, run_date: str):
+        """The ``run_date`` partition of ``table`` (with its ``run_date`` column)."""
+        if not self.exists(spark, table, run_date):
+            raise InputError(f"table '{table}' has no partition run_date={run_date} under {self.root} "
+                             f"(format {self.fmt}); run the stage that writes it first")
+        if self.fmt == "parquet":
+            return (spark.read.option("basePath", self.path(table))
+                    .parquet(self.partition_path(table, run_date)))
+        return self._read_delta(spark, table, run_date)
+
+
+def local_path(path: str) -> str:
+    """A filesystem path for side files: strips file:, maps dbfs:/ to the /dbfs FUSE mount."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    if path.startswith("file:"):
+        return path[len("file:"):]
+    if path.startswith("dbfs:/"):
+        return "/dbfs/" + path[len("dbfs:/"):].lstrip("/")
+    return path
+
+
+def write_json_atomic(path: str, obj: Any) -> str:
+    path = local_path(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str) -> Any:
+    path = local_path(path)
+    if not os.path.isfile(path):
+        raise InputError(f"file not found: {path}")
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def file_url(path: str) -> str:
+    """URL form for Petastorm/pyarrow readers: file:///abs/path for local paths."""
+    if "://" in path:
+        return path
+    if path.startswith("file:"):
+        return "file://" + path[len("file:"):]
+    return "file://" + os.path.abspath(path)
