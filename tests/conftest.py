@@ -32,3 +32,30 @@ def sample_csv() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+# ---- stage outputs on the bundled sample, built once per test session --------------------------
+# Tests must not modify these outputs (copy them to tmp_path first if a test rewrites a stage).
+SAMPLE_RUN_DATE = "2016-06-01"
+
+
+@pytest.fixture(scope="session")
+def sample_stage1(spark, tmp_path_factory):
+    """Stage 1 on the bundled Diginetica sample: {'output', 'run_date', 'stats'}."""
+    from pipelines.sessions import SessionsConfig, build_sessions
+
+    out = tmp_path_factory.mktemp("sample_out")
+    cfg = SessionsConfig(input=str(SAMPLE_CSV), format="diginetica", output=str(out),
+                         run_date=SAMPLE_RUN_DATE)
+    stats = build_sessions(spark, cfg)
+    return {"output": str(out), "run_date": SAMPLE_RUN_DATE, "stats": stats}
+
+
+@pytest.fixture(scope="session")
+def sample_stage2(spark, sample_stage1):
+    """Stage 2 on top of sample_stage1 (default options): adds 'manifest'."""
+    from pipelines.graph import GraphConfig, build_graph
+
+    cfg = GraphConfig(output=sample_stage1["output"], run_date=SAMPLE_RUN_DATE)
+    manifest = build_graph(spark, cfg)
+    return {**sample_stage1, "manifest": manifest}
