@@ -1,0 +1,48 @@
+"""Stage 3 on a Databricks GPU job cluster: srgnn.distributed.train_job in one process per GPU.
+
+    spark_python_task: jobs/databricks/train_distributor.py --num-processes 4 --output OUT --run-date D [train options]
+
+``pyspark.ml.torch.distributor.TorchDistributor`` (in the ML runtimes) starts ``--num-processes``
+processes on the driver node (``local_mode=True``, a single-node GPU cluster) with the torchrun
+environment (RANK, WORLD_SIZE, MASTER_ADDR, ...); each runs ``train_job(cfg)``, which picks nccl on
+CUDA. Every other option is stage 3's own (``srgnn.distributed.TrainJobConfig``, section ``train``).
+Outside Databricks use ``torchrun --nproc_per_node=N jobs/train.py ...`` instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pipelines.cli import run_job  # noqa: E402
+
+
+def _train(cfg):
+    from srgnn.distributed import train_job
+
+    return train_job(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from srgnn.distributed import TrainJobConfig
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--num-processes", type=int, default=1,
+                     help="training processes on this node (one per GPU)")
+    pre.add_argument("--cpu", action="store_true", help="train on CPU processes (gloo) instead of GPUs")
+    ns, rest = pre.parse_known_args(argv)
+    cfg = TrainJobConfig.from_args(rest, prog="train_distributor.py")
+
+    from pipelines.spark import get_spark
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    get_spark("srgnn-train")  # TorchDistributor needs the active SparkSession
+    result = TorchDistributor(num_processes=ns.num_processes, local_mode=True,
+                              use_gpu=not ns.cpu).run(_train, cfg)
+    print(result)
+
+
+if __name__ == "__main__":
+    run_job(lambda: main(sys.argv[1:]))
