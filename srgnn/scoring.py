@@ -1,0 +1,127 @@
+"""The torch side of stage 4: score sessions with an exported SR-GNN model and keep the top k.
+
+Used inside Spark's Python workers by :mod:`pipelines.recommend` (one model per worker process,
+cached here), and directly from tests and benchmarks.
+
+Ranking convention (the same as :mod:`srgnn.metrics`): items are ordered by score descending and,
+among equal scores, by item index ascending. ``torch.topk`` alone does not promise an order among
+ties, so :func:`top_k` re-orders inside the k it returns and, for the rare rows where the k-th
+score is tied with items left outside, re-ranks that row with a stable full sort.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+# One model per Python worker: key (model dir, files' mtime+size, device) -> (model, config).
+_MODEL_CACHE: dict[tuple[str, str, str], tuple[torch.nn.Module, dict[str, Any]]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """mtime and size of the weights and config files: a rewritten model gets a new cache key."""
+    parts = []
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        st = os.stat(os.path.join(model_dir, name))
+        parts.append(f"{name}:{st.st_mtime_ns}:{st.st_size}")
+    return "|".join(parts)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """The device to score on: a GPU Spark assigned to this task, else any visible GPU, else CPU."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        try:
+            from pyspark import TaskContext
+
+            ctx = TaskContext.get()
+            gpus = ctx.resources().get("gpu") if ctx is not None else None
+            if gpus is not None and gpus.addresses:
+                return torch.device(f"cuda:{gpus.addresses[0]}")
+        except ImportError:  # outside Spark
+            pass
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load ``model_dir`` once per process (and again only if its files change)."""
+    from srgnn.export import load_model
+
+    model_dir = os.path.abspath(model_dir)
+    key = (model_dir, model_fingerprint(model_dir), str(device))
+    with _CACHE_LOCK:
+        hit = _MODEL_CACHE.get(key)
+        if hit is None:
+            _MODEL_CACHE.clear()  # a worker scores with one model at a time
+            model, config = load_model(model_dir, device)
+            model.eval()
+            hit = _MODEL_CACHE[key] = (model, config)
+        return hit
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` scores per row and their column indices, ordered by (score desc, column asc)."""
+    k = min(k, scores.shape[1])
+    values, cols = torch.topk(scores, k, dim=1, largest=True, sorted=True)
+    # Inside the k: put equal scores in column order (sort by column, then stable sort by score).
+    by_col = torch.argsort(cols, dim=1)
+    values, cols = values.gather(1, by_col), cols.gather(1, by_col)
+    by_score = torch.sort(values, dim=1, descending=True, stable=True).indices
+    values, cols = values.gather(1, by_score), cols.gather(1, by_score)
+    # At the boundary: if the k-th score ties with a column topk left out, the lowest columns win.
+    tied = (scores >= values[:, -1:]).sum(dim=1) > k
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        full = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        values[rows], cols[rows] = full.values[:, :k], full.indices[:, :k]
+    return values, cols
+
+
+def mask_seen(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Set the scores of the items in each session (right-padded indices, 0 = padding) to -inf."""
+    seen = torch.zeros(scores.shape[0], scores.shape[1] + 1, dtype=torch.bool, device=scores.device)
+    seen.scatter_(1, items, True)
+    return scores.masked_fill_(seen[:, 1:], float("-inf"))
+
+
+@torch.inference_mode()
+def score_top_k(model: torch.nn.Module, items: torch.Tensor, lengths: torch.Tensor, k: int,
+                ngc_w: torch.Tensor | None = None, exclude_seen: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch: item indices (1..n_items) and scores of the top k, shapes [B, k]."""
+    logits = model(items, lengths, ngc_w)          # [B, n_items], column j is item j + 1 (Eq. 8)
+    if exclude_seen:
+        logits = mask_seen(logits, items)
+    values, cols = top_k(logits, k)
+    return cols + 1, values
+
+
+def score_arrays(model: torch.nn.Module, items: np.ndarray, lengths: np.ndarray, k: int,
+                 batch_size: int = 512, device: torch.device | str = "cpu",
+                 ngc_w: np.ndarray | None = None, exclude_seen: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Score right-padded ``items`` [N, L] in batches; returns int32 [N, k'] indices and float32
+    [N, k'] scores, k' = min(k, n_items)."""
+    n = int(items.shape[0])
+    out_idx, out_val = [], []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        b_items = torch.from_numpy(np.ascontiguousarray(items[start:stop], dtype=np.int64)).to(device)
+        b_len = torch.from_numpy(np.ascontiguousarray(lengths[start:stop], dtype=np.int64)).to(device)
+        b_w = None if ngc_w is None else torch.from_numpy(
+            np.ascontiguousarray(ngc_w[start:stop], dtype=np.float32)).to(device)
+        idx, val = score_top_k(model, b_items, b_len, k, ngc_w=b_w, exclude_seen=exclude_seen)
+        out_idx.append(idx.to(torch.int32).cpu().numpy())
+        out_val.append(val.to(torch.float32).cpu().numpy())
+    if not out_idx:
+        return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
+    return np.concatenate(out_idx), np.concatenate(out_val)
