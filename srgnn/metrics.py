@@ -1,0 +1,136 @@
+"""Ranking metrics for next-item prediction, accumulated as plain sums (all-reducible).
+
+Tie rule: items are ranked by (score descending, item index ascending), so the target's rank is
+``1 + #(score > s_t) + #(score == s_t and index < t)``. A target tied with other items is ranked
+below the tied items of lower index (no optimism from ties; the same order as a stable sort).
+
+Per cut-off K (default 10 and 20), over the examples:
+- ``hr@K``   hit rate (the paper's P@K): rank <= K
+- ``mrr@K``  1 / rank if rank <= K else 0
+- ``ndcg@K`` 1 / log2(1 + rank) if rank <= K else 0 (one relevant item)
+- ``coverage@K`` fraction of the catalog that appears in at least one top-K list
+- ``pop@K``  mean over examples of the mean popularity of the top-K items (popularity passed in,
+  e.g. training item frequency)
+and ``hr@K_len<=5`` / ``hr@K_len>5`` (likewise mrr, ndcg) split by prefix length (paper's Table 3).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+SHORT_MAX = 5  # sessions of <= 5 clicks are "short" (paper's Table 3)
+
+
+def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Rank (1 = best) of each target item (index 1..n) among all items, ties by lower index first."""
+    t = (targets - 1).unsqueeze(1)
+    s_t = logits.gather(1, t)
+    index = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
+    better = (logits > s_t).sum(1)
+    tied_before = ((logits == s_t) & (index < t)).sum(1)
+    return 1 + better + tied_before
+
+
+def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean [B, n_items], exactly k True per row: the top k by the same tie rule."""
+    k = min(k, logits.shape[1])
+    kth = logits.topk(k, dim=1).values[:, -1:]
+    above = logits > kth
+    tied = logits == kth
+    room = k - above.sum(1, keepdim=True)
+    return above | (tied & (tied.cumsum(1) <= room))
+
+
+class MetricAccumulator:
+    """Sums and counts of the metrics; ``finalize()`` turns them into fractions.
+
+    For data-parallel evaluation, all-reduce ``sums`` (SUM) and ``covered`` (MAX) across ranks
+    (``all_reduce()`` does both with torch.distributed) before ``finalize()``.
+    """
+
+    def __init__(self, n_items: int, ks: Sequence[int] = (10, 20),
+                 popularity: torch.Tensor | None = None, device: torch.device | str = "cpu"):
+        self.n_items, self.ks = int(n_items), tuple(int(k) for k in ks)
+        self.device = torch.device(device)
+        self.popularity = None if popularity is None else popularity.to(self.device, torch.float64)
+        if self.popularity is not None and self.popularity.shape != (self.n_items,):
+            raise ValueError(f"popularity must have shape ({self.n_items},) (index j = item j + 1), "
+                             f"got {tuple(self.popularity.shape)}")
+        self.names = ["n", "n_len<=5", "n_len>5", "loss_sum"]
+        for k in self.ks:
+            for m in ("hr", "mrr", "ndcg"):
+                self.names += [f"{m}@{k}", f"{m}@{k}_len<=5", f"{m}@{k}_len>5"]
+            self.names.append(f"pop@{k}")
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
+        self.covered = torch.zeros(len(self.ks), self.n_items, dtype=torch.uint8, device=self.device)
+        self._has_loss = False
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor,
+               loss_sum: torch.Tensor | float | None = None) -> None:
+        """Add one batch: logits [B, n_items], targets [B] (1..n), prefix lengths [B]."""
+        logits = logits.detach().float()
+        ranks = target_ranks(logits, targets).to(self.device, torch.float64)
+        short = (lengths.to(self.device) <= SHORT_MAX).to(torch.float64)
+        add = torch.zeros_like(self.sums)
+        ix = self._index
+
+        def put(name: str, per_example: torch.Tensor) -> None:
+            add[ix[name]] = per_example.sum()
+            add[ix[name + "_len<=5"]] = (per_example * short).sum()
+            add[ix[name + "_len>5"]] = (per_example * (1 - short)).sum()
+
+        put("n", torch.ones_like(ranks))
+        for k in self.ks:
+            hit = (ranks <= k).to(torch.float64)
+            put(f"hr@{k}", hit)
+            put(f"mrr@{k}", hit / ranks)
+            put(f"ndcg@{k}", hit / torch.log2(1 + ranks))
+            top = top_k_mask(logits, k)
+            self.covered[self.ks.index(k)] |= top.any(0).to(self.device, torch.uint8)
+            if self.popularity is not None:
+                pop = top.to(self.device, torch.float64) @ self.popularity / min(k, self.n_items)
+                add[ix[f"pop@{k}"]] = pop.sum()
+        if loss_sum is not None:
+            self._has_loss = True
+            add[ix["loss_sum"]] = torch.as_tensor(loss_sum, dtype=torch.float64).to(self.device)
+        self.sums += add
+
+    def merge(self, other: "MetricAccumulator") -> None:
+        self.sums += other.sums.to(self.device)
+        self._has_loss |= other._has_loss
+        self.covered |= other.covered.to(self.device)
+
+    def all_reduce(self, group=None) -> None:
+        """Sum the counters and OR the coverage sets over all ranks (torch.distributed)."""
+        import torch.distributed as dist
+        dist.all_reduce(self.sums, op=dist.ReduceOp.SUM, group=group)
+        covered = self.covered.to(torch.int32)
+        dist.all_reduce(covered, op=dist.ReduceOp.MAX, group=group)
+        self.covered = covered.to(torch.uint8)
+
+    def raw(self) -> dict[str, float]:
+        """The plain sums by name (plus covered-item counts)."""
+        out = dict(zip(self.names, self.sums.tolist()))
+        for i, k in enumerate(self.ks):
+            out[f"covered@{k}"] = float(self.covered[i].sum())
+        return out
+
+    def finalize(self) -> dict[str, float]:
+        """Fractions: every metric divided by its example count (NaN for an empty length bucket)."""
+        raw = self.raw()
+        n = {"": raw["n"], "_len<=5": raw["n_len<=5"], "_len>5": raw["n_len>5"]}
+        out: dict[str, float] = {"examples": raw["n"], "examples_len<=5": raw["n_len<=5"],
+                                 "examples_len>5": raw["n_len>5"]}
+        if self._has_loss and raw["n"] > 0:
+            out["loss"] = raw["loss_sum"] / raw["n"]
+        for k in self.ks:
+            for m in ("hr", "mrr", "ndcg"):
+                for suffix, count in n.items():
+                    out[f"{m}@{k}{suffix}"] = raw[f"{m}@{k}{suffix}"] / count if count else math.nan
+            out[f"coverage@{k}"] = raw[f"covered@{k}"] / self.n_items
+            if self.popularity is not None:
+                out[f"pop@{k}"] = raw[f"pop@{k}"] / raw["n"] if raw["n"] else math.nan
+        return out
