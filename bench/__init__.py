@@ -1,0 +1,1 @@
+"""Benchmarks and the synthetic click-log generator (``bench.synth``), importable from the repo root."""
