@@ -125,3 +125,161 @@ def test_explode_top_k_and_popular_items(spark, small_vocab):
     expected_pop = spark.createDataFrame([(1, 2, 9.0), (2, 3, 9.0), (3, 5, 7.0)],
                                          "rank int, item_idx int, score float")
     assert_df_equality(popular_items(small_vocab, 3), expected_pop, ignore_nullable=True)
+
+
+# ---- the stage on a small hand-made OUT, with a random-weight model ---------------------------
+N_ITEMS, MAX_LEN = 30, 5
+
+
+def make_model(n_items: int = N_ITEMS, seed: int = 0):
+    from srgnn.model import SRGNN, ModelConfig
+
+    torch.manual_seed(seed)
+    return SRGNN(ModelConfig(n_items=n_items, hidden_size=8, max_len=MAX_LEN))
+
+
+@pytest.fixture(scope="module")
+def small_out(spark, tmp_path_factory):
+    """OUT with item_vocab (i1..i30), sessions (test and train) and an exported random model."""
+    from srgnn.export import save_model
+
+    out = str(tmp_path_factory.mktemp("rec_out"))
+    store = TableStore(out)
+    rng = np.random.default_rng(1)
+    vocab = spark.createDataFrame([(f"i{j}", j, int(rng.integers(1, 50))) for j in range(1, N_ITEMS + 1)],
+                                  VOCAB_SCHEMA)
+    store.write(vocab, "item_vocab", RUN_DATE)
+    sessions = []
+    for s in range(12):
+        n = int(rng.integers(1, 9))
+        clicks = [int(x) for x in rng.integers(1, N_ITEMS + 1, n)]
+        sessions.append((f"s{s}", "test" if s < 9 else "train", [f"i{c}" for c in clicks], clicks))
+    store.write(spark.createDataFrame(sessions, "session_id string, split string, item_ids array<string>, "
+                                                "item_idx array<int>"), "sessions", RUN_DATE)
+    model = make_model()
+    config = save_model(f"{out}/models/run_date={RUN_DATE}", model, {"manifest_hash": "hash-of-shards"})
+    return {"output": out, "sessions": sessions, "model": model, "config": config}
+
+
+def direct_top_k(model, prefixes, k, exclude_seen=False):
+    """Scores computed straight from the model (no Spark): {row: (item indices, scores)}."""
+    from srgnn.scoring import score_arrays
+
+    items, lengths = pad_prefixes(prefixes, MAX_LEN)
+    return score_arrays(model, items, lengths, k, batch_size=len(prefixes), exclude_seen=exclude_seen)
+
+
+def table_by_session(spark, out, run_date=RUN_DATE):
+    rows = TableStore(out).read(spark, "recommendations", run_date).orderBy("session_id", "rank").collect()
+    got: dict[str, list] = {}
+    for r in rows:
+        got.setdefault(r["session_id"], []).append(r)
+    return got
+
+
+def test_recommend_scores_the_test_split_like_the_model_and_reruns_idempotently(spark, small_out):
+    cfg = RecommendConfig(output=small_out["output"], run_date=RUN_DATE, k=4, batch_size=3, partitions=2)
+    stats = recommend(spark, cfg)
+    table = TableStore(small_out["output"]).read(spark, "recommendations", RUN_DATE)
+    assert [(f.name, f.dataType.simpleString()) for f in table.schema.fields] == [
+        ("session_id", "string"), ("rank", "int"), ("item_id", "string"), ("score", "float"),
+        ("model_version", "string"), ("source", "string"), ("run_date", "date")]
+    test_sessions = [s for s in small_out["sessions"] if s[1] == "test"]
+    got = table_by_session(spark, small_out["output"])
+    assert sorted(got) == sorted(s[0] for s in test_sessions)
+    idx, val = direct_top_k(small_out["model"], [s[3] for s in test_sessions], 4)
+    for row, (sid, _, _, _) in enumerate(test_sessions):
+        recs = got[sid]
+        assert [r["rank"] for r in recs] == [1, 2, 3, 4]
+        assert [r["item_id"] for r in recs] == [f"i{j}" for j in idx[row]]
+        np.testing.assert_allclose([r["score"] for r in recs], val[row], rtol=1e-5, atol=1e-6)
+        assert {(r["source"], r["model_version"]) for r in recs} == {("model", small_out["config"]["model_version"])}
+    assert stats["sessions"] == stats["sessions_model"] == 9
+    assert stats["rows_written"] == stats["rows_model"] == 36
+    assert stats["unknown_items_dropped"] == stats["sessions_popular"] == stats["null_session_ids"] == 0
+    saved = json.loads(Path(small_out["output"], "stats", f"run_date={RUN_DATE}", "recommend.json").read_text())
+    assert saved["rows_written"] == 36
+    # Rerun for the same date: the partition is replaced, not appended to.
+    before = table.drop("run_date").toPandas().sort_values(["session_id", "rank"]).reset_index(drop=True)
+    recommend(spark, cfg)
+    after = (TableStore(small_out["output"]).read(spark, "recommendations", RUN_DATE).drop("run_date")
+             .toPandas().sort_values(["session_id", "rank"]).reset_index(drop=True))
+    assert len(after) == 36
+    assert before.equals(after)
+
+
+def test_messy_sessions_are_counted_fall_back_to_popular_and_never_crash(spark, small_out, tmp_path):
+    long_session = [f"i{j}" for j in (1, 2, 3, 4, 5, 6, 7, 8)]
+    rows = [
+        ("a", ["i3", "zz", "i7", "i3"]),     # one unknown item dropped
+        ("b", []),                           # empty -> popular
+        ("c", None),                         # null list -> popular
+        ("d", ["zz", None, "yy"]),           # nothing known (3 unknown) -> popular
+        (None, ["i1"]),                      # null session id: skipped
+        ("e", long_session),                 # longer than max_len: the last 5 clicks are scored
+    ]
+    src = str(tmp_path / "src")
+    spark.createDataFrame(rows, "sid string, clicks array<string>").write.parquet(src)
+    out = small_out["output"]
+    cfg = RecommendConfig(output=out, run_date="2024-03-06", model_dir=f"{out}/models/run_date={RUN_DATE}",
+                          sessions=src, session_id_col="sid", items_col="clicks", k=6, exclude_seen=True)
+    # A second date of the vocabulary (same items) so that this run writes its own partition.
+    store = TableStore(out)
+    store.write(store.read(spark, "item_vocab", RUN_DATE), "item_vocab", "2024-03-06")
+    stats = recommend(spark, cfg)
+    assert {k: stats[k] for k in ("rows_read", "null_session_ids", "sessions", "sessions_model",
+                                  "sessions_popular", "sessions_empty", "sessions_all_unknown",
+                                  "unknown_items_dropped", "sessions_truncated", "clicks_read")} == {
+        "rows_read": 6, "null_session_ids": 1, "sessions": 5, "sessions_model": 2, "sessions_popular": 3,
+        "sessions_empty": 2, "sessions_all_unknown": 1, "unknown_items_dropped": 4, "sessions_truncated": 1,
+        "clicks_read": 15}
+    got = table_by_session(spark, out, "2024-03-06")
+    assert sorted(got) == ["a", "b", "c", "d", "e"]
+    support = {r["item_id"]: r["support"] for r in store.read(spark, "item_vocab", RUN_DATE).collect()}
+    popular = sorted(support, key=lambda i: (-support[i], int(i[1:])))[:6]
+    for sid in "bcd":
+        assert [r["item_id"] for r in got[sid]] == popular
+        assert [r["score"] for r in got[sid]] == [float(support[i]) for i in popular]
+        assert {r["source"] for r in got[sid]} == {"popular"}
+    idx, val = direct_top_k(small_out["model"], [[3, 7, 3], list(range(4, 9))], 6, exclude_seen=True)
+    assert [r["item_id"] for r in got["a"]] == [f"i{j}" for j in idx[0]]
+    assert [r["item_id"] for r in got["e"]] == [f"i{j}" for j in idx[1]]
+    assert not {"i3", "i7"} & {r["item_id"] for r in got["a"]}       # --exclude-seen
+    assert stats["rows_written"] == 5 * 6
+
+
+def test_bad_model_or_vocabulary_is_one_clear_error(spark, small_out, tmp_path):
+    import shutil
+
+    from srgnn.export import save_model
+
+    out = small_out["output"]
+    base = dict(output=out, run_date=RUN_DATE)
+    with pytest.raises(InputError, match="model folder not found: .*nowhere"):
+        recommend(spark, RecommendConfig(**base, model_dir=str(tmp_path / "nowhere")))
+    bigger = str(tmp_path / "bigger")
+    save_model(bigger, make_model(N_ITEMS + 1))
+    with pytest.raises(InputError, match=r"model/vocabulary mismatch: .*n_items=31 .*max item_idx=30"):
+        recommend(spark, RecommendConfig(**base, model_dir=bigger))
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(f"{out}/models/run_date={RUN_DATE}", corrupt)
+    data = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(InputError, match="model.safetensors"):
+        recommend(spark, RecommendConfig(**base, model_dir=str(corrupt)))
+    (corrupt / "model.safetensors").write_bytes(b"\x80\x04garbage-not-a-safetensors-file")
+    with pytest.raises(InputError, match="model.safetensors"):
+        recommend(spark, RecommendConfig(**base, model_dir=str(corrupt)))
+    # A manifest of this date whose hash is not the one the model was trained on.
+    manifest = Path(out, "shards", f"run_date={RUN_DATE}", "_manifest.json")
+    manifest.parent.mkdir(parents=True)
+    try:
+        manifest.write_text(json.dumps({"content_hash": "another-hash", "n_items": N_ITEMS}))
+        with pytest.raises(InputError, match="model/manifest mismatch: .*hash-of-shards.*another-hash"):
+            recommend(spark, RecommendConfig(**base))
+    finally:
+        shutil.rmtree(manifest.parent)
+    dup = str(tmp_path / "dup")
+    spark.createDataFrame([("x", ["i1"]), ("x", ["i2"])], SESSIONS_SCHEMA).write.parquet(dup)
+    with pytest.raises(InputError, match=r"1 extra rows share a session id \(e.g. \['x'\]\)"):
+        recommend(spark, RecommendConfig(**base, sessions=dup))
