@@ -1,0 +1,23 @@
+"""Stage 3: train SR-GNN on stage 2's shards and export the best model.
+
+    python jobs/train.py --output OUT --run-date YYYY-MM-DD [--epochs N --variant ngc ...]
+    torchrun --nproc_per_node=N jobs/train.py --output OUT --run-date YYYY-MM-DD ...
+
+Options: ``--help``; defaults and meanings in srgnn/distributed.py (TrainJobConfig) and docs/training.md.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.cli import run_job  # noqa: E402
+from srgnn.distributed import TrainJobConfig, train_job  # noqa: E402
+
+
+def main() -> None:
+    cfg = TrainJobConfig.from_args(sys.argv[1:], prog="train.py")
+    train_job(cfg)
+
+
+if __name__ == "__main__":
+    run_job(main)
