@@ -11,12 +11,14 @@ Each baseline has two halves:
   ``srgnn.metrics`` ranks every model the same way.
 
 Ties. ``srgnn.metrics`` breaks equal scores by the smaller item index. The baselines define their
-own order instead: every score here is ``level * (n_items + 1) + tie_break``, where ``level`` is
-the method's ordinal (0 for items the method does not score at all) and ``tie_break`` is the
-item's global-popularity position (``n_items`` for the most clicked training item, down to 1;
-equal click counts by smaller index). So a method's ties, and everything it does not score, fall
-back to global popularity, as S-POP defines and as session-rec does in practice. The values are
-integers held exactly in float64, so no rounding can merge two levels.
+own total order instead: the items a method scores ("candidates": the last item's neighbours or
+rules, the prefix's items for S-POP, the neighbours' items for V-SKNN) come first, in the method's
+order, with equal method scores broken by global popularity; every other item follows by global
+popularity (most clicked training item first, equal clicks by smaller index), as S-POP defines and
+as session-rec does in practice. The matrix holds that order as exact integers: an item outside the
+candidates gets its popularity position ``tie_break`` (``n_items`` for the most clicked item, down to
+1), the r-th of a row's C candidates (0-based) gets ``n_items + C - r``. All values stay below 2**24,
+so they survive ``srgnn.metrics``' cast to float32 exactly and no two items tie.
 
 Training data. The baselines learn from the sessions SR-GNN learnt from: stage 1's ``train``
 split restricted to the session ids present in stage 2's ``train`` shard (so the ``valid``
@@ -217,20 +219,34 @@ def _gather_csr(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[
 # Scorers
 # =============================================================================================
 class Scorer:
-    """``score(items, lengths) -> float64 [B, n_items]`` (column j = item j + 1; higher is better)."""
+    """``score(items, lengths) -> float32 [B, n_items]`` (column j = item j + 1; higher is better)."""
 
     name: str = "?"
 
     def __init__(self, n_items: int, tie_break: np.ndarray):
+        if n_items >= 2 ** 23:
+            raise ConfigError(f"{n_items} items: the baselines' integer scores need n_items < 2**23")
         self.n_items = n_items
-        self.tie_break = torch.from_numpy(np.asarray(tie_break, dtype=np.float64))
-        self.level_scale = float(n_items + 1)
+        self.tb_np = np.asarray(tie_break, dtype=np.float64)
+        self.tie_break = torch.from_numpy(self.tb_np.astype(np.float32))
 
     def score(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _base(self, batch: int) -> torch.Tensor:
         return self.tie_break.unsqueeze(0).repeat(batch, 1)
+
+    def _candidate_scores(self, batch: int, rows: np.ndarray, items: np.ndarray, value: np.ndarray) -> torch.Tensor:
+        """Scores with the candidates ``(rows, items)`` (unique per row, items 1-based) placed above
+        everything else, ordered by ``value`` desc then popularity."""
+        order = np.lexsort((-self.tb_np[items - 1], -value, rows))
+        rows, items = rows[order], items[order]
+        per_row = np.bincount(rows, minlength=batch)
+        position = np.arange(len(rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        level = (self.n_items + per_row[rows] - position).astype(np.float32)
+        scores = self._base(batch)
+        scores[torch.from_numpy(rows), torch.from_numpy(items - 1)] = torch.from_numpy(level)
+        return scores
 
 
 class PopScorer(Scorer):
@@ -249,21 +265,22 @@ class SPopScorer(Scorer):
 
     def score(self, items, lengths):
         b, L = items.shape
-        in_prefix = (torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)).to(torch.float64)
-        counts = torch.zeros(b, self.n_items + 1, dtype=torch.float64)
+        in_prefix = (torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)).to(torch.int64)
+        counts = torch.zeros(b, self.n_items + 1, dtype=torch.int64)
         counts.scatter_add_(1, items.long(), in_prefix)
-        return self._base(b) + self.level_scale * counts[:, 1:]
+        rows, item = torch.nonzero(counts[:, 1:], as_tuple=True)
+        value = counts[rows, item + 1]
+        return self._candidate_scores(b, rows.numpy(), item.numpy() + 1, value.numpy().astype(np.float64))
 
 
 class LastItemListScorer(Scorer):
     """Scores from the prefix's last item through a ranked list per item (item-kNN, SR): the
-    r-th entry (0-based) of the last item's list gets level ``n_list - r``."""
+    r-th entry (0-based) of the last item's list of length C gets ``n_items + C - r``."""
 
-    def __init__(self, name: str, n_items: int, tie_break: np.ndarray, ptr: np.ndarray, values: np.ndarray,
-                 n_list: int):
+    def __init__(self, name: str, n_items: int, tie_break: np.ndarray, ptr: np.ndarray, values: np.ndarray):
         super().__init__(n_items, tie_break)
         self.name = name
-        self.ptr, self.values, self.n_list = ptr, values, n_list
+        self.ptr, self.values = ptr, values
 
     def score(self, items, lengths):
         b = items.shape[0]
@@ -271,9 +288,9 @@ class LastItemListScorer(Scorer):
         last = items[torch.arange(b), (lengths - 1).clamp(min=0)].numpy().astype(np.int64)
         last[lengths.numpy() <= 0] = 0                    # no prefix: popularity only
         owner, within, dst = _gather_csr(self.ptr, self.values, last)
-        level = torch.from_numpy((self.n_list - within).astype(np.float64))
-        rows, cols = torch.from_numpy(owner), torch.from_numpy(dst - 1)
-        scores[rows, cols] += self.level_scale * level
+        size = (self.ptr[last + 1] - self.ptr[last])[owner]
+        level = torch.from_numpy((self.n_items + size - within).astype(np.float32))
+        scores[torch.from_numpy(owner), torch.from_numpy(dst - 1)] = level
         return scores
 
 
@@ -289,7 +306,6 @@ class VSKNNScorer(Scorer):
         self.session_ptr, self.session_items = session_ptr, session_items
         self.n_sessions = len(session_ptr) - 1
         self.k, self.sample, self.score_decay = k, sample, score_decay
-        self.tb_np = np.asarray(tie_break, dtype=np.float64)
 
     def neighbours(self, items: np.ndarray, lengths: np.ndarray):
         """The voting neighbours of each row: (row, session id, similarity, step) arrays."""
@@ -343,15 +359,7 @@ class VSKNNScorer(Scorer):
     def score(self, items, lengths):
         items_np, lengths_np = items.numpy().astype(np.int64), lengths.numpy().astype(np.int64)
         rows, item, total = self.item_scores(items_np, lengths_np)
-        # level = position among the row's scored items, by (score desc, popularity desc)
-        order = np.lexsort((-self.tb_np[item - 1], -total, rows))
-        rows, item = rows[order], item[order]
-        per_row = np.bincount(rows, minlength=len(lengths_np))
-        position = np.arange(len(rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-        level = (per_row[rows] - position).astype(np.float64)
-        scores = self._base(len(lengths_np))
-        scores[torch.from_numpy(rows), torch.from_numpy(item - 1)] += self.level_scale * torch.from_numpy(level)
-        return scores
+        return self._candidate_scores(len(lengths_np), rows, item, total)
 
 
 # =============================================================================================
@@ -416,8 +424,7 @@ def fit_baselines(train: DataFrame, item_graph: DataFrame | None, n_items: int, 
                                  params.knn_neighbours, params.knn_lambda, params.knn_alpha)
         got = _collect(nb, ["src_idx", "dst_idx", "rank"])
         ptr, values = _csr(got["src_idx"], got["dst_idx"], got["rank"], n_items + 1)
-        fitted.scorers["itemknn"] = LastItemListScorer("itemknn", n_items, tie_break, ptr, values,
-                                                       params.knn_neighbours)
+        fitted.scorers["itemknn"] = LastItemListScorer("itemknn", n_items, tie_break, ptr, values)
         fitted.fit_seconds["itemknn"] = popularity_s + clock() - t
         fitted.stats["itemknn_pairs"] = int(len(values))
     if "sr" in names:
@@ -430,7 +437,7 @@ def fit_baselines(train: DataFrame, item_graph: DataFrame | None, n_items: int, 
         if bad.any():
             raise InputError(f"table 'item_graph': {int(bad.sum())} edge(s) with an item index outside 1..{n_items}")
         ptr, values = _csr(rules["src_idx"], rules["dst_idx"], rules["rank"], n_items + 1)
-        fitted.scorers["sr"] = LastItemListScorer("sr", n_items, tie_break, ptr, values, params.sr_rules)
+        fitted.scorers["sr"] = LastItemListScorer("sr", n_items, tie_break, ptr, values)
         fitted.fit_seconds["sr"] = popularity_s + clock() - t
         fitted.stats["sr_rules"] = int(len(values))
     if "vsknn" in names:

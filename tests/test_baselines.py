@@ -57,7 +57,7 @@ def batch(prefixes, L=6):
 def top(scorer, prefixes, k=N_ITEMS):
     items, lengths = batch(prefixes)
     scores = scorer.score(items, lengths)
-    assert scores.shape == (len(prefixes), N_ITEMS) and scores.dtype == torch.float64
+    assert scores.shape == (len(prefixes), N_ITEMS) and scores.dtype == torch.float32
     # no ties at all: the baseline's own order is total, not left to the index tie-break
     assert all(len(set(row.tolist())) == N_ITEMS for row in scores)
     return ranked_items(scores, k).tolist()
@@ -237,3 +237,34 @@ def test_vsknn_vectorised_equals_loop_reference(decay):
         assert got[r].keys() == ref.keys()
         for i in ref:
             assert math.isclose(got[r][i], ref[i], rel_tol=1e-12), (r, i)
+
+
+def test_metrics_rank_baseline_scores_in_the_baselines_order(fitted):
+    """srgnn.metrics (which casts to float32) ranks every target where the baseline's list puts it."""
+    from srgnn.metrics import target_ranks
+
+    prefixes = [[4, 6, 4, 5], [2, 5], [1, 3], [6]]
+    items, lengths = batch(prefixes)
+    for name, scorer in fitted.scorers.items():
+        scores = scorer.score(items, lengths)
+        order = ranked_items(scores, N_ITEMS)
+        for target in range(1, N_ITEMS + 1):
+            ranks = target_ranks(scores, torch.full((len(prefixes),), target))
+            expected = [row.index(target) + 1 for row in order.tolist()]
+            assert ranks.tolist() == expected, (name, target)
+
+
+def test_scores_stay_exact_in_float32_for_millions_of_items():
+    from pipelines.baselines import LastItemListScorer
+    from srgnn.metrics import target_ranks
+
+    n = 3_000_000
+    clicks = np.zeros(n, dtype=np.int64)
+    clicks[[10, 20, 30]] = [5, 4, 3]                 # items 11, 21, 31 are the most popular
+    ptr = np.zeros(n + 2, dtype=np.int64)
+    ptr[2:] = 2                                      # item 1's list: [n, n - 1]
+    scorer = LastItemListScorer("sr", n, popularity_tie_break(clicks), ptr, np.array([n, n - 1]))
+    scores = scorer.score(torch.tensor([[1, 0]]), torch.tensor([1]))
+    expected = [n, n - 1, 11, 21, 31, 1, 2]          # the rules, then popularity, then by index
+    got = [int(target_ranks(scores, torch.tensor([t]))[0]) for t in expected]
+    assert got == [1, 2, 3, 4, 5, 6, 7]
