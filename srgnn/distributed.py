@@ -302,17 +302,29 @@ def model_config_dict(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def read_item_vocab(cfg: TrainJobConfig) -> "Any | None":
-    """Stage 1's ``item_vocab`` of this run date as a pandas frame (item_id, item_idx), or None."""
+    """Stage 1's ``item_vocab`` of this run date as a pandas frame (item_id, item_idx), or None.
+
+    Parquet tables are read with pyarrow (no Spark in the trainer). A Delta table is read only
+    through a SparkSession that is already active (a Databricks driver); in TorchDistributor's or
+    torchrun's worker processes there is none, and the export then carries no item_vocab.parquet
+    (warm starts from it fall back to item indices, see docs/training.md).
+    """
     path = f"{cfg.root}/item_vocab/run_date={cfg.run_date}"
     try:
         if cfg.table_format == "parquet":
             if not os.path.isdir(path):
+                log.warning("no item_vocab table at %s: the export carries no item_vocab.parquet", path)
                 return None
             import pyarrow.parquet as pq
             return pq.read_table(path, columns=["item_id", "item_idx"]).to_pandas()
-        from pipelines.spark import get_spark
+        from pyspark.sql import SparkSession
+
         from pipelines.tables import TableStore
-        spark = get_spark("srgnn-train-vocab", table_format="delta")
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            log.warning("item_vocab is a Delta table and no SparkSession is active in this process: "
+                        "the export carries no item_vocab.parquet")
+            return None
         return TableStore(cfg.output, "delta").read(spark, "item_vocab", cfg.run_date) \
             .select("item_id", "item_idx").toPandas()
     except PipelineError:
@@ -322,15 +334,18 @@ def read_item_vocab(cfg: TrainJobConfig) -> "Any | None":
         return None
 
 
-def warm_start(model: torch.nn.Module, init_from: str, n_items: int, vocab_now) -> dict[str, int]:
-    """Load a previous export into ``model``; rows of item-indexed tensors are moved by item id.
+ITEM_TENSORS = ("embedding.weight",)  # [n_items + 1, d], row = item index (0 = padding)
 
-    Item-indexed tensors are those whose first dimension is the previous ``n_items + 1`` (row =
-    item index, row 0 = padding) or ``n_items`` (row = index - 1). With both vocabularies (the
-    export's ``item_vocab.parquet`` and this run's ``item_vocab`` table) rows follow the item id, so
-    indices need not be stable; without them, row ``i`` is reused for index ``i`` (that needs stage 1
-    to keep indices stable). Items new since then keep the fresh initialisation. Every other tensor
-    must have the same shape (same hidden size, variant, readout) or this is a ConfigError.
+
+def warm_start(model: torch.nn.Module, init_from: str, n_items: int, vocab_now) -> dict[str, Any]:
+    """Load a previous export into ``model``; the item embedding's rows move with their items.
+
+    With both vocabularies (the export's ``item_vocab.parquet`` and this run's ``item_vocab``
+    table) row ``j`` of the new embedding is the old row of the same item id, so indices need not
+    be stable. Without them, row ``i`` is reused for index ``i <= min(old, new n_items)``, which is
+    right only if stage 1 kept item indices stable. Items new since then keep their fresh
+    (uniform) rows; items gone are dropped. Every other tensor must have the same shape (same
+    hidden size, variant and readout) or this is a ConfigError.
     """
     from safetensors.torch import load_file
 
@@ -338,40 +353,32 @@ def warm_start(model: torch.nn.Module, init_from: str, n_items: int, vocab_now) 
     weights, config_path = src / "model.safetensors", src / "config.json"
     if not weights.is_file() or not config_path.is_file():
         raise InputError(f"--init-from {init_from}: expected model.safetensors and config.json there")
-    old_cfg = json.loads(config_path.read_text())
-    old_n = int(old_cfg["n_items"])
+    old_n = int(json.loads(config_path.read_text())["n_items"])
     old = load_file(str(weights))
-    # index mapping: new index j (1..n_items) <- old index i, or 0 for a new item
-    mapping = np.arange(n_items + 1, dtype=np.int64)
-    mapping[mapping > old_n] = 0
-    mode = "by index (assumes stage 1 kept item indices stable)"
     vocab_old_path = src / "item_vocab.parquet"
     if vocab_now is not None and vocab_old_path.is_file():
         import pyarrow.parquet as pq
         vocab_old = pq.read_table(vocab_old_path, columns=["item_id", "item_idx"]).to_pandas()
         old_by_id = dict(zip(vocab_old["item_id"], vocab_old["item_idx"].astype(np.int64)))
-        mapping = np.zeros(n_items + 1, dtype=np.int64)
+        mapping = np.zeros(n_items + 1, dtype=np.int64)        # new index -> old index (0: new item)
         for item_id, idx in zip(vocab_now["item_id"], vocab_now["item_idx"].astype(np.int64)):
             mapping[idx] = old_by_id.get(item_id, 0)
         mode = "by item id"
-    state = model.state_dict()
-    reused = int((mapping[1:] > 0).sum())
+    else:
+        mapping = np.arange(n_items + 1, dtype=np.int64)
+        mapping[mapping > old_n] = 0
+        mode = "by index (assumes stage 1 kept item indices stable)"
     new_state = {}
-    for name, fresh in state.items():
+    for name, fresh in model.state_dict().items():
         if name not in old:
             raise ConfigError(f"--init-from {init_from}: tensor '{name}' is not in the previous model "
-                              f"(different variant or readout?)")
+                              f"(a different variant or readout?)")
         prev = old[name]
-        if fresh.dim() >= 1 and prev.dim() == fresh.dim() and prev.shape[1:] == fresh.shape[1:] \
-                and prev.shape[0] in (old_n + 1, old_n) and fresh.shape[0] in (n_items + 1, n_items) \
-                and (prev.shape[0] != fresh.shape[0] or old_n != n_items or mode == "by item id"):
-            offset = 1 if fresh.shape[0] == n_items + 1 else 0
+        if name in ITEM_TENSORS and prev.shape[1:] == fresh.shape[1:] and prev.shape[0] == old_n + 1:
             rows = fresh.clone()
-            m = torch.from_numpy(mapping[1:])
-            keep = m > 0
-            new_rows = torch.nonzero(keep).squeeze(1) + offset
-            old_rows = m[keep] - 1 + (1 if prev.shape[0] == old_n + 1 else 0)
-            rows[new_rows] = prev[old_rows].to(rows.dtype)
+            new_idx = torch.from_numpy(np.nonzero(mapping)[0])
+            rows[new_idx] = prev[torch.from_numpy(mapping[new_idx.numpy()])].to(rows.dtype)
+            rows[0] = prev[0].to(rows.dtype)                    # the padding row
             new_state[name] = rows
         elif prev.shape == fresh.shape:
             new_state[name] = prev.to(fresh.dtype)
@@ -379,9 +386,10 @@ def warm_start(model: torch.nn.Module, init_from: str, n_items: int, vocab_now) 
             raise ConfigError(f"--init-from {init_from}: tensor '{name}' has shape {tuple(prev.shape)} there "
                               f"and {tuple(fresh.shape)} here (hidden size or options differ)")
     model.load_state_dict(new_state)
+    reused = int((mapping[1:] > 0).sum())
     log.info("warm start from %s: %d of %d items reused %s, %d fresh", init_from, reused, n_items, mode,
              n_items - reused)
-    return {"reused_items": reused, "fresh_items": n_items - reused}
+    return {"reused_items": reused, "fresh_items": n_items - reused, "mode": mode}
 
 
 def find_unused_parameters(model: torch.nn.Module, batch: Batch, variant: str) -> bool:
@@ -524,6 +532,11 @@ def train_epoch(model, optimizer, batches: Iterator[Batch], schedule: list[int],
 # =============================================================================================
 # MLflow (rank 0 only)
 # =============================================================================================
+def mlflow_name(metric: str) -> str:
+    """MLflow-safe metric name: ``valid_hr@20_len<=5`` -> ``valid_hr_20_len_le5``."""
+    return metric.replace("@", "_").replace("<=", "_le").replace(">", "_gt")
+
+
 class Tracker:
     """Thin MLflow wrapper: off when the URI is 'none'; file store under OUT by default."""
 
@@ -558,7 +571,7 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.mlflow is not None:
-            clean = {k.replace("@", "_"): float(v) for k, v in metrics.items()
+            clean = {mlflow_name(k): float(v) for k, v in metrics.items()
                      if isinstance(v, (int, float)) and math.isfinite(float(v))}
             self.mlflow.log_metrics(clean, step=step)
 
@@ -634,6 +647,10 @@ def train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     manifest = check_inputs(cfg)  # before the process group: a bad input fails every rank at once
     ctx = setup_distributed(cfg.device)
     tracker = None
+    # process-wide torch settings this job changes, restored at the end (notebooks, test sessions)
+    threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         tracker = Tracker(cfg, enabled=ctx.is_main)
         result = _train(cfg, manifest, ctx, tracker)
@@ -644,6 +661,8 @@ def train_job(cfg: TrainJobConfig) -> dict[str, Any]:
         raise
     finally:
         teardown_distributed(ctx)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
 def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, tracker: Tracker) -> dict[str, Any]:
