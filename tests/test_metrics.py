@@ -1,0 +1,75 @@
+"""Metrics against hand-computed ranks, ties included; coverage, popularity, length buckets."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from srgnn.metrics import MetricAccumulator, target_ranks, top_k_mask
+
+# 6 items (columns 0..5 = items 1..6)
+LOGITS = torch.tensor([
+    [0.9, 0.1, 0.5, 0.5, 0.5, 0.0],   # target 4 (col 3, 0.5): 1 above (col 0), 1 tie before (col 2) -> 3
+    [0.2, 0.2, 0.2, 0.2, 0.2, 0.2],   # target 1 (col 0): all tied, lowest index -> 1
+    [0.2, 0.2, 0.2, 0.2, 0.2, 0.2],   # target 6 (col 5): all tied, highest index -> 6
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],   # target 2 (col 1, 1.0): 4 above -> 5
+])
+TARGETS = torch.tensor([4, 1, 6, 2])
+LENGTHS = torch.tensor([3, 7, 5, 6])   # short (<= 5): rows 0, 2; long: rows 1, 3
+RANKS = [3, 1, 6, 5]
+
+
+def test_ranks_by_hand_with_ties():
+    assert target_ranks(LOGITS, TARGETS).tolist() == RANKS
+
+
+def test_top_k_mask_breaks_ties_by_index():
+    top = top_k_mask(LOGITS, 2)
+    assert top.sum(1).tolist() == [2, 2, 2, 2]
+    assert top[0].nonzero().flatten().tolist() == [0, 2]      # 0.9, then the first 0.5
+    assert top[1].nonzero().flatten().tolist() == [0, 1]      # all tied: lowest indices
+    assert top[3].nonzero().flatten().tolist() == [4, 5]
+
+
+def test_hr_mrr_ndcg_by_hand():
+    acc = MetricAccumulator(n_items=6, ks=(2, 5), popularity=torch.tensor([6., 5., 4., 3., 2., 1.]))
+    acc.update(LOGITS[:2], TARGETS[:2], LENGTHS[:2], loss_sum=3.0)   # two batches
+    acc.update(LOGITS[2:], TARGETS[2:], LENGTHS[2:], loss_sum=1.0)
+    m = acc.finalize()
+    assert m["examples"] == 4 and m["examples_len<=5"] == 2 and m["examples_len>5"] == 2
+    assert m["loss"] == pytest.approx(1.0)
+    # K = 2: only rank 1 hits; K = 5: ranks 3, 1, 5 hit
+    assert m["hr@2"] == pytest.approx(1 / 4)
+    assert m["hr@5"] == pytest.approx(3 / 4)
+    assert m["mrr@5"] == pytest.approx((1 / 3 + 1 + 1 / 5) / 4)
+    assert m["ndcg@5"] == pytest.approx((1 / math.log2(4) + 1 + 1 / math.log2(6)) / 4)
+    assert m["hr@5_len<=5"] == pytest.approx(1 / 2)           # ranks 3 (hit), 6 (miss)
+    assert m["hr@5_len>5"] == pytest.approx(2 / 2)            # ranks 1, 5
+    assert m["mrr@5_len>5"] == pytest.approx((1 + 1 / 5) / 2)
+    # top-2 lists: {1,3}, {1,2}, {1,2}, {5,6} -> 5 of 6 items covered
+    assert m["coverage@2"] == pytest.approx(5 / 6)
+    assert m["coverage@5"] == pytest.approx(1.0)
+    pop = [(6 + 4) / 2, (6 + 5) / 2, (6 + 5) / 2, (2 + 1) / 2]
+    assert m["pop@2"] == pytest.approx(sum(pop) / 4)
+
+
+def test_raw_sums_merge_like_one_pass_and_empty_bucket_is_nan():
+    one = MetricAccumulator(6, ks=(5,))
+    one.update(LOGITS, TARGETS, LENGTHS)
+    a, b = MetricAccumulator(6, ks=(5,)), MetricAccumulator(6, ks=(5,))
+    a.update(LOGITS[:1], TARGETS[:1], LENGTHS[:1])
+    b.update(LOGITS[1:], TARGETS[1:], LENGTHS[1:])
+    a.merge(b)
+    assert a.raw() == one.raw()
+    assert a.finalize() == one.finalize()
+    assert "loss" not in one.finalize()
+    short_only = MetricAccumulator(6, ks=(5,))
+    short_only.update(LOGITS[:1], TARGETS[:1], LENGTHS[:1])
+    m = short_only.finalize()
+    assert m["hr@5_len<=5"] == 1.0 and math.isnan(m["hr@5_len>5"])
+
+
+def test_popularity_shape_is_checked():
+    with pytest.raises(ValueError, match="popularity"):
+        MetricAccumulator(6, popularity=torch.ones(5))
