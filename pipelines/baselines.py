@@ -368,6 +368,7 @@ class VSKNNScorer(Scorer):
 @dataclass
 class FittedBaselines:
     scorers: dict[str, Scorer]
+    clicks: np.ndarray                   # training clicks, [n_items] (index j = item j + 1)
     fit_seconds: dict[str, float] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -390,7 +391,6 @@ def fit_baselines(train: DataFrame, item_graph: DataFrame | None, n_items: int, 
     unknown = sorted(set(names) - set(BASELINES))
     if unknown:
         raise ConfigError(f"unknown baseline(s) {unknown}; known: {list(BASELINES)}")
-    fitted = FittedBaselines(scorers={})
     t0 = clock()
     train = train.persist()
     popularity = item_popularity(train).persist()
@@ -406,6 +406,7 @@ def fit_baselines(train: DataFrame, item_graph: DataFrame | None, n_items: int, 
     clicks[pop["item_idx"].astype(np.int64) - 1] = pop["clicks"]
     tie_break = popularity_tie_break(clicks)
     popularity_s = clock() - t0
+    fitted = FittedBaselines(scorers={}, clicks=clicks)
     fitted.stats.update(train_sessions=int(n_train), train_clicks=int(clicks.sum()),
                         items_with_clicks=int((clicks > 0).sum()))
     log.info("baselines: %d training sessions, %d clicks, %d/%d items clicked", n_train, clicks.sum(),
