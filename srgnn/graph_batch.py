@@ -45,7 +45,7 @@ class SparseMatrix:
     n: int
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
-        msg = self.vals.unsqueeze(1) * x[self.cols]
+        msg = self.vals.unsqueeze(1) * x.index_select(0, self.cols)
         return msg.new_zeros((self.n, x.shape[1])).index_add_(0, self.rows, msg)
 
     def to_dense(self) -> torch.Tensor:

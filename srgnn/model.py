@@ -126,17 +126,17 @@ class SRGNN(nn.Module):
 
     def readout(self, g: SessionGraph, hidden: torch.Tensor) -> torch.Tensor:
         """Session embedding s from the node vectors (Eq. 6-7); one row per session."""
-        s_l = hidden[g.last_node]                               # local embedding: last click v_n
+        s_l = hidden.index_select(0, g.last_node)                               # local embedding: last click v_n
         if self.cfg.readout == "last":
             return s_l
-        v = hidden[g.click_node] * g.click_weight.unsqueeze(1)  # v_i for every click (padding -> 0)
+        v = hidden.index_select(0, g.click_node) * g.click_weight.unsqueeze(1)  # v_i for every click (padding -> 0)
         if self.cfg.readout == "avg":
             total = v.new_zeros((g.batch_size, v.shape[1])).index_add_(0, g.click_session, v)
             return total / g.lengths.unsqueeze(1).to(total.dtype)
         # Eq. 6: alpha_i = q^T sigmoid(W_1 v_n + W_2 v_i + c), s_g = sum_i alpha_i v_i
         # (W_2 is position-wise, so it is applied to the nodes once and gathered per click)
-        q1 = self.linear_one(s_l)[g.click_session]
-        q2 = self.linear_two(hidden)[g.click_node]
+        q1 = self.linear_one(s_l).index_select(0, g.click_session)
+        q2 = self.linear_two(hidden).index_select(0, g.click_node)
         alpha = self.linear_three(torch.sigmoid(q1 + q2))
         weighted = alpha * v
         s_g = weighted.new_zeros((g.batch_size, v.shape[1])).index_add_(0, g.click_session, weighted)

@@ -93,7 +93,7 @@ def train_step(model: SRGNN, optimizer: torch.optim.Optimizer, batch: Batch, amp
     wrapper of it)."""
     device = _model_device(model)
     batch = batch.to(device, non_blocking=True)
-    forward = forward or model
+    forward = model if forward is None else forward
     optimizer.zero_grad(set_to_none=True)
     with _autocast(device, amp):
         logits = forward(batch.items, batch.lengths, batch.ngc_w)
@@ -132,7 +132,7 @@ def accumulate(model: SRGNN, batches: Iterable[Batch], acc: MetricAccumulator, a
     when data-parallel)."""
     model.eval()
     device = _model_device(model)
-    forward = forward or model
+    forward = model if forward is None else forward
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         batch = batch.to(device, non_blocking=True)
         with _autocast(device, amp):

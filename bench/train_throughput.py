@@ -1,0 +1,194 @@
+"""SR-GNN training / evaluation throughput on synthetic examples (issue 4).
+
+    .venv/bin/python bench/train_throughput.py --items 40000 --pairs 20000 --batch-size 100 --device cpu
+
+Synthetic sessions: lengths 2 + geometric with the mean of Diginetica's sessions (5.12 clicks, the
+paper's Table 1), items drawn from a Zipf(1) popularity over the catalog, every prefix an example
+(the official augmentation), the last ``--max-len`` clicks kept, right-padded. Batches are built
+once and held on the device, so the figures are the model's (graph building, forward, backward,
+Adam; for evaluation the forward and the metric accumulation), not a reader's.
+
+Also measured in the same run: the float32 matrix product at the score shape (B x d @ d x N), whose
+rate caps training at ``gflops / (6 d N)`` pairs/s (the three score products of a training pair);
+the % of that ceiling reached is printed. The last line is exactly
+``train_pairs_per_s=<x> eval_pairs_per_s=<y>``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from srgnn.data import Batch  # noqa: E402
+from srgnn.metrics import MetricAccumulator  # noqa: E402
+from srgnn.model import SRGNN, ModelConfig  # noqa: E402
+from srgnn.train import TrainConfig, accumulate, make_optimizer, train_step  # noqa: E402
+
+
+def synthetic_examples(n_items: int, n_pairs: int, max_len: int, mean_session_len: float, seed: int):
+    """Right-padded prefixes [P, max_len], lengths [P], targets [P] (numpy, vectorised)."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / (mean_session_len - 1.0)          # 2 + Geometric(p) - 1 has mean 1 + 1/p
+    pop = 1.0 / np.arange(1, n_items + 1)
+    pop /= pop.sum()
+    n_sessions = int(n_pairs / (mean_session_len - 1) * 1.3) + 10
+    lens = np.minimum(1 + rng.geometric(p, size=n_sessions), 200)
+    flat = rng.choice(np.arange(1, n_items + 1), size=int(lens.sum()), p=pop)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    # every prefix k = 1..n-1 of every session: its end position (exclusive) and its length
+    k = np.concatenate([np.arange(1, n) for n in lens])
+    end = np.repeat(starts, lens - 1) + k
+    order = rng.permutation(len(k))[:n_pairs]
+    k, end = k[order], end[order]
+    length = np.minimum(k, max_len)
+    pos = (end - length)[:, None] + np.arange(max_len)[None, :]
+    valid = np.arange(max_len)[None, :] < length[:, None]
+    items = np.where(valid, flat[np.minimum(pos, len(flat) - 1)], 0)
+    return items.astype(np.int64), length.astype(np.int64), flat[end].astype(np.int64)
+
+
+def to_batches(items, lengths, targets, batch_size, device):
+    n = len(targets) // batch_size * batch_size   # whole batches only (static shapes)
+    out = []
+    for s in range(0, n, batch_size):
+        out.append(Batch(torch.from_numpy(items[s:s + batch_size]), torch.from_numpy(lengths[s:s + batch_size]),
+                         torch.from_numpy(targets[s:s + batch_size])).to(device))
+    return out
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(batch: int, d: int, n_items: int, device, dtype=torch.float32, seconds=1.0) -> float:
+    a = torch.randn(batch, d, device=device, dtype=dtype)
+    b = torch.randn(d, n_items, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            a @ b
+        reps += 10
+        sync(device)
+    return 2.0 * batch * d * n_items * reps / (time.perf_counter() - start) / 1e9
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"nproc={os.cpu_count()} cpu='{cpu}' load1={load:.2f} torch={torch.__version__}"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=40000)
+    ap.add_argument("--pairs", type=int, default=20000, help="training pairs timed (one pass)")
+    ap.add_argument("--eval-pairs", type=int, default=0, help="evaluation pairs (default: = --pairs)")
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--hidden", type=int, default=100)
+    ap.add_argument("--step", type=int, default=1)
+    ap.add_argument("--max-len", type=int, default=50)
+    ap.add_argument("--variant", default="srgnn", choices=["srgnn", "fc"])
+    ap.add_argument("--readout", default="hybrid", choices=["hybrid", "att", "last", "avg"])
+    ap.add_argument("--mean-session-len", type=float, default=5.12)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--amp", default="none", choices=["none", "bf16"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes)")
+    ap.add_argument("--compile-mode", default="reduce-overhead",
+                    help="torch.compile mode (reduce-overhead = CUDA graphs on GPU)")
+    ap.add_argument("--static-shapes", action="store_true", help="static shapes without compiling")
+    ap.add_argument("--no-fused-adam", action="store_true")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed warm-up batches")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    print(machine(), f"threads={torch.get_num_threads()}", flush=True)
+    if device.type == "cuda":
+        print(f"gpu={torch.cuda.get_device_name(device)}", flush=True)
+
+    eval_pairs = args.eval_pairs or args.pairs
+    t0 = time.perf_counter()
+    tr = synthetic_examples(args.items, args.pairs + args.warmup * args.batch_size, args.max_len,
+                            args.mean_session_len, args.seed)
+    ev = synthetic_examples(args.items, eval_pairs, args.max_len, args.mean_session_len, args.seed + 1)
+    uniq = np.mean([len(set(r[:n])) for r, n in zip(tr[0][:2000], tr[1][:2000])])
+    print(f"data: {len(tr[2])} train + {len(ev[2])} eval pairs, mean prefix length {tr[1].mean():.2f}, "
+          f"mean distinct items {uniq:.2f}, built in {time.perf_counter() - t0:.1f}s", flush=True)
+    train_b = to_batches(*tr, args.batch_size, device)
+    warm, train_b = train_b[:args.warmup], train_b[args.warmup:]
+    eval_b = to_batches(*ev, args.batch_size, device)
+
+    static = args.static_shapes or args.compile
+    cfg = ModelConfig(n_items=args.items, hidden_size=args.hidden, step=args.step, variant=args.variant,
+                      readout=args.readout, max_len=args.max_len, static_shapes=static)
+    model = SRGNN(cfg).to(device)
+    optimizer = make_optimizer(model, TrainConfig(fused_adam=not args.no_fused_adam))
+    forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    print(f"model: d={args.hidden} step={args.step} variant={args.variant} readout={args.readout} "
+          f"amp={args.amp} compile={args.compile} static_shapes={static} "
+          f"fused_adam={not args.no_fused_adam}", flush=True)
+
+    t0 = time.perf_counter()
+    model.train()
+    for b in warm:
+        train_step(model, optimizer, b, amp=args.amp, forward=forward)
+    accumulate(model, eval_b[:5], MetricAccumulator(args.items, (20,), device=device), amp=args.amp,
+               forward=forward)
+    sync(device)
+    print(f"warm-up ({len(warm)} batches{', compile' if args.compile else ''}): "
+          f"{time.perf_counter() - t0:.1f}s", flush=True)
+
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    sync(device)
+    start = time.perf_counter()
+    for b in train_b:
+        loss_sum += train_step(model, optimizer, b, amp=args.amp, forward=forward)
+    sync(device)
+    train_s = time.perf_counter() - start
+    train_pairs = len(train_b) * args.batch_size
+
+    acc = MetricAccumulator(args.items, (10, 20), device=device)
+    sync(device)
+    start = time.perf_counter()
+    accumulate(model, eval_b, acc, amp=args.amp, forward=forward)
+    sync(device)
+    eval_s = time.perf_counter() - start
+    eval_pairs = len(eval_b) * args.batch_size
+
+    gflops = matmul_gflops(args.batch_size, args.hidden, args.items, device)
+    ceiling = gflops * 1e9 / (6.0 * args.hidden * args.items)
+    train_rate, eval_rate = train_pairs / train_s, eval_pairs / eval_s
+    print(f"train: {train_pairs} pairs in {train_s:.2f}s (mean loss {float(loss_sum) / len(train_b):.3f}); "
+          f"eval: {eval_pairs} pairs in {eval_s:.2f}s (hr@20 {acc.finalize()['hr@20']:.4f})")
+    print(f"score-shape matmul fp32 ({args.batch_size}x{args.hidden} @ {args.hidden}x{args.items}): "
+          f"{gflops:.1f} GFLOP/s -> ceiling 6*d*N = {6 * args.hidden * args.items / 1e6:.1f} MFLOP/pair "
+          f"= {ceiling:,.0f} train pairs/s; reached {100 * train_rate / ceiling:.1f}%")
+    if device.type == "cuda":
+        print(f"epoch-equivalent: 719,000 pairs at this rate = {719000 / train_rate:.1f}s")
+    print(f"train_pairs_per_s={train_rate:.1f} eval_pairs_per_s={eval_rate:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
