@@ -199,12 +199,11 @@ def sessions_to_score(source, session_id_col: str, items_col: str, split: str, n
 
 
 def session_clicks(sessions):
-    """One row per click (session_id, pos, item_id); empty or null item lists keep one row with a
-    null pos, so that every session survives the join. Rows with a null session id are dropped."""
+    """One row per click (session_id, pos, item_id). An empty or null item list keeps one row with
+    a null pos, so every input row survives to be counted; so do rows with a null session id."""
     from pyspark.sql import functions as F
 
-    return (sessions.where(F.col("session_id").isNotNull())
-            .select("session_id", F.posexplode_outer("item_ids").alias("pos", "item_id")))
+    return sessions.select("session_id", F.posexplode_outer("item_ids").alias("pos", "item_id"))
 
 
 def clicks_with_item_index(clicks, vocab):
@@ -218,13 +217,17 @@ def clicks_with_item_index(clicks, vocab):
 
 
 def session_item_indices(indexed_clicks):
-    """Per session: ``items`` (the known items' indices in click order), ``n_clicks``, ``n_known``."""
+    """Per session id: ``items`` (the known items' indices in click order), ``n_clicks``,
+    ``n_known`` and ``n_rows`` (input rows with this id: > 1 for a duplicated id; the null id's
+    row counts the rows without an id)."""
     from pyspark.sql import functions as F
 
     known = F.when(F.col("item_idx").isNotNull(), F.struct("pos", "item_idx"))
+    first_of_row = F.col("pos").isNull() | (F.col("pos") == 0)   # exactly one per input row
     grouped = indexed_clicks.groupBy("session_id").agg(
         F.count("pos").alias("n_clicks"),
         F.count("item_idx").alias("n_known"),
+        F.count(F.when(first_of_row, 1)).alias("n_rows"),
         F.array_sort(F.collect_list(known)).alias("known"),
     )
     return grouped.select(
@@ -232,6 +235,30 @@ def session_item_indices(indexed_clicks):
         F.transform("known", lambda c: c["item_idx"]).alias("items"),
         F.col("n_clicks").cast("int").alias("n_clicks"),
         F.col("n_known").cast("int").alias("n_known"),
+        F.col("n_rows").cast("int").alias("n_rows"),
+    )
+
+
+def session_counts(indexed_sessions, max_len: int):
+    """One row of counts over :func:`session_item_indices`' output (null id row included)."""
+    from pyspark.sql import functions as F
+
+    has_id = F.col("session_id").isNotNull()
+
+    def total(value, where=has_id):
+        return F.coalesce(F.sum(F.when(where, value)), F.lit(0)).cast("long")
+
+    no_known = has_id & (F.col("n_known") == 0)
+    return indexed_sessions.agg(
+        total(F.col("n_rows"), F.lit(True)).alias("rows_read"),
+        total(F.col("n_rows"), ~has_id).alias("null_session_ids"),
+        total(F.col("n_rows") - 1, has_id & (F.col("n_rows") > 1)).alias("duplicate_rows"),
+        total(F.lit(1)).alias("sessions"),
+        total(F.col("n_clicks")).alias("clicks_read"),
+        total(F.col("n_clicks") - F.col("n_known")).alias("unknown_items_dropped"),
+        total(F.lit(1), no_known & (F.col("n_clicks") == 0)).alias("sessions_empty"),
+        total(F.lit(1), no_known & (F.col("n_clicks") > 0)).alias("sessions_all_unknown"),
+        total(F.lit(1), has_id & (F.col("n_known") > max_len)).alias("sessions_truncated"),
     )
 
 
@@ -392,31 +419,19 @@ def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
 
     source, source_name = read_sessions_source(spark, cfg, store)
     sessions = sessions_to_score(source, cfg.session_id_col, cfg.items_col, cfg.split, source_name)
-    counts = sessions.agg(F.count("*").alias("rows"),
-                          F.sum(F.col("session_id").isNull().cast("int")).alias("null_ids")).first()
-    rows_read, null_ids = int(counts["rows"]), int(counts["null_ids"] or 0)
-    if rows_read == 0:
-        log.warning("%s has no sessions (split %s): writing an empty recommendations partition",
-                    source_name, cfg.split)
-
-    indexed = session_item_indices(clicks_with_item_index(session_clicks(sessions), vocab))
-    indexed = indexed.persist(StorageLevel.MEMORY_AND_DISK)
+    indexed_all = session_item_indices(clicks_with_item_index(session_clicks(sessions), vocab))
+    indexed_all = indexed_all.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        agg = indexed.agg(
-            F.count("*").alias("sessions"),
-            F.sum("n_clicks").alias("clicks"),
-            F.sum("n_known").alias("known"),
-            F.sum(((F.col("n_known") == 0) & (F.col("n_clicks") == 0)).cast("int")).alias("empty"),
-            F.sum(((F.col("n_known") == 0) & (F.col("n_clicks") > 0)).cast("int")).alias("all_unknown"),
-            F.sum((F.col("n_known") > max_len).cast("int")).alias("truncated"),
-        ).first()
-        n_sessions = int(agg["sessions"])
-        if n_sessions != rows_read - null_ids:
-            dupes = (sessions.where(F.col("session_id").isNotNull()).groupBy("session_id").count()
-                     .where(F.col("count") > 1))
-            examples = [r["session_id"] for r in dupes.limit(3).collect()]
-            raise InputError(f"{source_name}: {rows_read - null_ids - n_sessions} extra rows share a "
-                             f"session id (e.g. {examples}); session ids must be unique")
+        counts = session_counts(indexed_all, max_len).first().asDict()
+        if counts["duplicate_rows"]:
+            examples = [r["session_id"] for r in indexed_all.where(F.col("session_id").isNotNull()
+                                                                   & (F.col("n_rows") > 1)).limit(3).collect()]
+            raise InputError(f"{source_name}: {counts['duplicate_rows']} extra rows share a session id "
+                             f"(e.g. {examples}); session ids must be unique")
+        if counts["rows_read"] == 0:
+            log.warning("%s has no sessions (split %s): writing an empty recommendations partition",
+                        source_name, cfg.split)
+        indexed = indexed_all.where(F.col("session_id").isNotNull())
         threads = cfg.torch_threads or default_torch_threads(spark)
         partitions = cfg.partitions or spark.sparkContext.defaultParallelism
         padded = padded_sessions(indexed, max_len)
@@ -429,15 +444,16 @@ def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
         from_popular = with_item_ids(popular_recommendations(indexed, vocab, cfg.k), vocab,
                                      model_version, SOURCE_POPULAR)
         log.info("scoring %d sessions from %s in %d partitions (%d torch threads each, batch %d)",
-                 n_sessions, source_name, partitions, threads, cfg.batch_size)
+                 counts["sessions"], source_name, partitions, threads, cfg.batch_size)
         target = store.write(from_model.unionByName(from_popular), TABLE, cfg.run_date)
     finally:
-        indexed.unpersist()
+        indexed_all.unpersist()
 
     written = store.read(spark, TABLE, cfg.run_date)
     by_source = {r["source"]: int(r["count"]) for r in written.groupBy("source").count().collect()}
     elapsed = time.time() - t0
-    n_popular = int(agg["empty"] or 0) + int(agg["all_unknown"] or 0)
+    n_sessions = counts["sessions"]
+    n_popular = counts["sessions_empty"] + counts["sessions_all_unknown"]
     stats = {
         "run_date": cfg.run_date,
         "source": source_name,
@@ -447,16 +463,9 @@ def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
         "variant": variant,
         "k": cfg.k,
         "max_len": max_len,
-        "rows_read": rows_read,
-        "null_session_ids": null_ids,
-        "sessions": n_sessions,
+        **{key: int(value) for key, value in counts.items() if key != "duplicate_rows"},
         "sessions_model": n_sessions - n_popular,
         "sessions_popular": n_popular,
-        "sessions_empty": int(agg["empty"] or 0),
-        "sessions_all_unknown": int(agg["all_unknown"] or 0),
-        "sessions_truncated": int(agg["truncated"] or 0),
-        "clicks_read": int(agg["clicks"] or 0),
-        "unknown_items_dropped": int(agg["clicks"] or 0) - int(agg["known"] or 0),
         "rows_written": sum(by_source.values()),
         "rows_model": by_source.get(SOURCE_MODEL, 0),
         "rows_popular": by_source.get(SOURCE_POPULAR, 0),
@@ -469,7 +478,8 @@ def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
     stats_path = write_json_atomic(f"{store.root}/stats/run_date={cfg.run_date}/recommend.json", stats)
     log.info("recommendations: %d sessions (%d model, %d popular; %d null ids skipped, %d unknown "
              "items dropped), %d rows -> %s; stats %s; %.1f s",
-             n_sessions, stats["sessions_model"], n_popular, null_ids, stats["unknown_items_dropped"],
+             n_sessions, stats["sessions_model"], n_popular, stats["null_session_ids"],
+             stats["unknown_items_dropped"],
              stats["rows_written"], target, stats_path, elapsed)
     return stats
 

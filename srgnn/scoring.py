@@ -6,7 +6,8 @@ cached here), and directly from tests and benchmarks.
 Ranking convention (the same as :mod:`srgnn.metrics`): items are ordered by score descending and,
 among equal scores, by item index ascending. ``torch.topk`` alone does not promise an order among
 ties, so :func:`top_k` re-orders inside the k it returns and, for the rare rows where the k-th
-score is tied with items left outside, re-ranks that row with a stable full sort.
+score is tied with an item left outside (seen from a (k+1)-th score equal to the k-th), re-ranks
+that row with a stable full sort.
 """
 from __future__ import annotations
 
@@ -70,16 +71,20 @@ def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[to
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``k`` scores per row and their column indices, ordered by (score desc, column asc)."""
-    k = min(k, scores.shape[1])
-    values, cols = torch.topk(scores, k, dim=1, largest=True, sorted=True)
+    n = scores.shape[1]
+    k = min(k, n)
+    # One more than asked: the (k+1)-th largest score is the best one left out, so a row has a tie
+    # across the boundary exactly when it equals the k-th (no extra pass over the score matrix).
+    values, cols = torch.topk(scores, min(k + 1, n), dim=1, largest=True, sorted=True)
+    tied = values[:, k] == values[:, k - 1] if k < n else None
+    values, cols = values[:, :k], cols[:, :k]
     # Inside the k: put equal scores in column order (sort by column, then stable sort by score).
     by_col = torch.argsort(cols, dim=1)
     values, cols = values.gather(1, by_col), cols.gather(1, by_col)
     by_score = torch.sort(values, dim=1, descending=True, stable=True).indices
     values, cols = values.gather(1, by_score), cols.gather(1, by_score)
-    # At the boundary: if the k-th score ties with a column topk left out, the lowest columns win.
-    tied = (scores >= values[:, -1:]).sum(dim=1) > k
-    if bool(tied.any()):
+    # Across the boundary: the lowest columns among those tied with the k-th win (full stable sort).
+    if tied is not None and bool(tied.any()):
         rows = tied.nonzero().squeeze(1)
         full = torch.sort(scores[rows], dim=1, descending=True, stable=True)
         values[rows], cols[rows] = full.values[:, :k], full.indices[:, :k]

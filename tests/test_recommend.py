@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from chispa import assert_df_equality
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.errors import InputError
 from pipelines.recommend import (RecommendConfig, explode_top_k, padded_sessions, popular_items,
-                                 recommend, session_clicks, session_item_indices,
+                                 recommend, session_clicks, session_counts, session_item_indices,
                                  clicks_with_item_index, sessions_to_score)
 from pipelines.tables import TableStore
 from srgnn.data import pad_prefixes
@@ -80,14 +81,23 @@ def test_session_item_indices_maps_through_the_vocabulary_and_counts(spark, smal
         ("s2", []),                       # empty
         ("s3", None),                     # null item list
         ("s4", ["x", None, "y"]),         # nothing known (a null item id counts as unknown)
-        (None, ["a", "b"]),               # null session id: skipped
+        (None, ["a", "b"]),               # null session ids: kept apart, to be counted
+        (None, []),
         ("s5", ["e"]),
+        ("s5", ["a", "b"]),               # a duplicated id: n_rows 2
     ], SESSIONS_SCHEMA)
     got = session_item_indices(clicks_with_item_index(session_clicks(raw), small_vocab))
     expected = spark.createDataFrame(
-        [("s1", [3, 1, 3], 4, 3), ("s2", [], 0, 0), ("s3", [], 0, 0), ("s4", [], 3, 0), ("s5", [5], 1, 1)],
-        "session_id string, items array<int>, n_clicks int, n_known int")
+        [("s1", [3, 1, 3], 4, 3, 1), ("s2", [], 0, 0, 1), ("s3", [], 0, 0, 1), ("s4", [], 3, 0, 1),
+         (None, [1, 2], 2, 2, 2), ("s5", [1, 2, 5], 3, 3, 2)],
+        "session_id string, items array<int>, n_clicks int, n_known int, n_rows int")
+    # s5's two rows merge in no set order: sort that one
+    got = got.withColumn("items", F.when(F.col("session_id") == "s5", F.array_sort("items")).otherwise(F.col("items")))
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    counts = session_counts(got, max_len=2).first().asDict()
+    assert counts == {"rows_read": 8, "null_session_ids": 2, "duplicate_rows": 1, "sessions": 5,
+                      "clicks_read": 10, "unknown_items_dropped": 4, "sessions_empty": 2,
+                      "sessions_all_unknown": 1, "sessions_truncated": 2}
 
 
 def test_sessions_to_score_casts_ids_filters_the_split_and_names_missing_columns(spark):
