@@ -96,8 +96,7 @@ def train_step(model: SRGNN, optimizer: torch.optim.Optimizer, batch: Batch, amp
     forward = model if forward is None else forward
     optimizer.zero_grad(set_to_none=True)
     with _autocast(device, amp):
-        logits = forward(batch.items, batch.lengths, batch.ngc_w)
-    loss = model.loss(logits, batch.targets)
+        loss = forward(batch.items, batch.lengths, batch.ngc_w, batch.targets)
     loss.backward()
     optimizer.step()
     return loss.detach()

@@ -233,3 +233,20 @@ def test_official_initialisation_range():
     for name, p in model.named_parameters():
         assert p.abs().max() <= bound, name
         assert p.abs().max() > 0.9 * bound, name  # uniform over the whole range, not zeros
+
+
+def test_fused_training_loss_equals_logits_cross_entropy():
+    torch.manual_seed(3)
+    model = SRGNN(ModelConfig(n_items=40, hidden_size=12, readout="hybrid"))
+    lengths = torch.tensor([1, 4, 7, 2, 5])
+    items = torch.randint(1, 41, (5, 9)) * (torch.arange(9) < lengths[:, None])
+    targets = torch.tensor([1, 40, 7, 7, 19])
+    params = list(model.parameters())
+    fused = model(items, lengths, targets=targets)
+    fused_grads = torch.autograd.grad(fused, params)
+    plain = model.loss(model(items, lengths), targets)
+    plain_grads = torch.autograd.grad(plain, params)
+    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-6)
+    for name, a, b in zip([n for n, _ in model.named_parameters()], fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert float(fused_grads[0][0].abs().sum()) == 0.0  # the padding row gets no gradient here
