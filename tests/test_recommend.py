@@ -293,3 +293,103 @@ def test_bad_model_or_vocabulary_is_one_clear_error(spark, small_out, tmp_path):
     spark.createDataFrame([("x", ["i1"]), ("x", ["i2"])], SESSIONS_SCHEMA).write.parquet(dup)
     with pytest.raises(InputError, match=r"1 extra rows share a session id \(e.g. \['x'\]\)"):
         recommend(spark, RecommendConfig(**base, sessions=dup))
+
+
+# ---- consistency with the trainer on the bundled sample -------------------------------------
+def test_recommendations_reproduce_the_trainers_test_metrics_exactly(spark, sample_stage2, tmp_path):
+    """Every test example of the sample (prefix, target) scored as its own session: HR@20 and MRR@20
+    computed from the recommendations table equal the trainer's exported test metrics exactly."""
+    import shutil
+
+    from pyspark.sql import functions as F
+
+    from srgnn import metrics, reader
+    from srgnn.distributed import TrainJobConfig, train_job
+    from srgnn.export import load_model
+
+    run_date = sample_stage2["run_date"]
+    out = tmp_path / "out"
+    for table in ("sessions", "item_vocab", "item_graph", "shards"):
+        shutil.copytree(Path(sample_stage2["output"], table), out / table)
+    train_job(TrainJobConfig(output=str(out), run_date=run_date, epochs=1, hidden_size=32,
+                             mlflow_tracking_uri="none", progress=False))
+    model_dir = out / "models" / f"run_date={run_date}"
+    config = json.loads((model_dir / "config.json").read_text())
+    trainer_test = config["metrics"]["test"]
+
+    # One session per test example: "<sid>#<n>" = the first n clicks, target = click n + 1.
+    test_sessions = TableStore(str(out)).read(spark, "sessions", run_date).where(F.col("split") == "test")
+    examples = test_sessions.select(
+        "session_id", "item_ids", "item_idx", F.explode(F.sequence(F.lit(1), F.size("item_ids") - 1)).alias("n"))
+    examples = examples.select(
+        F.concat_ws("#", "session_id", F.col("n").cast("string")).alias("session_id"),
+        F.slice("item_ids", 1, F.col("n")).alias("item_ids"),
+        F.element_at("item_ids", F.col("n") + 1).alias("target_id"),
+        F.slice("item_idx", 1, F.col("n")).alias("prefix_idx"),
+        F.element_at("item_idx", F.col("n") + 1).alias("target_idx"))
+    src = str(tmp_path / "test_examples")
+    examples.write.parquet(src)
+    stats = recommend(spark, RecommendConfig(output=str(out), run_date=run_date, sessions=src))
+    manifest = reader.load_manifest(str(out), run_date)
+    n_examples = manifest["splits"]["test"]["examples"]
+    assert stats["sessions"] == stats["sessions_model"] == n_examples == 99
+    assert stats["unknown_items_dropped"] == stats["sessions_popular"] == 0
+    assert stats["manifest_checked"] is True
+
+    recs = TableStore(str(out)).read(spark, "recommendations", run_date)
+    ex = spark.read.parquet(src)
+    hits = ex.join(recs, (ex.session_id == recs.session_id) & (ex.target_id == recs.item_id), "left") \
+        .select(ex.session_id, "prefix_idx", "target_idx", recs.rank)
+    # As an analyst would, in Spark: HR@20 = hits / examples, an exact ratio of integers.
+    row = hits.agg(F.count("rank").alias("hits"), F.count("*").alias("n")).first()
+    assert row["n"] == n_examples
+    assert row["hits"] / row["n"] == trainer_test["hr@20"]
+
+    # Per example, the rank in the table equals srgnn.metrics' rank of the target (ties by index),
+    # and MRR@20 summed in the trainer's example order (its reader, its batches) is equal bit for bit.
+    ranks = {(tuple(r["prefix_idx"][-config["max_len"]:]), r["target_idx"]): r["rank"] for r in hits.collect()}
+    model, _ = load_model(str(model_dir), "cpu")
+    acc_sums = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for batch in reader.iter_batches(str(out / "shards" / f"run_date={run_date}"), "test", 500,
+                                         shuffle_row_groups=False, workers_count=1, with_ngc=False):
+            model_ranks = metrics.target_ranks(model(batch.items, batch.lengths).float(), batch.targets)
+            table_ranks = torch.tensor([
+                ranks[(tuple(batch.items[i, :batch.lengths[i]].tolist()), int(batch.targets[i]))] or 21
+                for i in range(len(batch))], dtype=torch.float64)
+            assert torch.equal(table_ranks, model_ranks.clamp(max=21).to(torch.float64))
+            hit = (table_ranks <= 20).to(torch.float64)
+            acc_sums += torch.stack([hit.sum(), (hit / table_ranks).sum()])
+    assert acc_sums[0].item() / n_examples == trainer_test["hr@20"]
+    assert acc_sums[1].item() / n_examples == trainer_test["mrr@20"]
+
+
+def test_ngc_weights_in_spark_equal_the_shards(spark, sample_stage2):
+    """For SR-GNN-NGC models the scorer derives ngc_w in Spark; on the sample's test prefixes it
+    equals the shards' ngc_w for the same (prefix, target)."""
+    from pyspark.sql import functions as F
+
+    from pipelines.recommend import ngc_transition_weights
+    from srgnn import reader
+
+    run_date, out = sample_stage2["run_date"], sample_stage2["output"]
+    max_len = sample_stage2["manifest"]["max_len"]
+    store = TableStore(out)
+    test = store.read(spark, "sessions", run_date).where(F.col("split") == "test")
+    prefixes = test.select("session_id", "item_idx", F.explode(F.sequence(F.lit(1), F.size("item_idx") - 1)).alias("n"))
+    indexed = prefixes.select(
+        F.concat_ws("#", "session_id", F.col("n").cast("string")).alias("session_id"),
+        F.slice("item_idx", 1, F.col("n")).alias("items"), F.col("n").alias("n_clicks"), F.col("n").alias("n_known"))
+    targets = {r["session_id"]: r["t"] for r in prefixes.select(
+        F.concat_ws("#", "session_id", F.col("n").cast("string")).alias("session_id"),
+        F.element_at("item_idx", F.col("n") + 1).alias("t")).collect()}
+    got = ngc_transition_weights(padded_sessions(indexed, max_len), store.read(spark, "item_graph", run_date), max_len)
+    ours = {(tuple(r["items"][:r["length"]]), targets[r["session_id"]]): r["ngc_w"] for r in got.collect()}
+    shards = reader.read_split(out, "test", run_date=run_date, columns=("items", "length", "target", "ngc_w"))
+    assert len(shards["target"]) == 99
+    checked = 0
+    for items, length, target, w in zip(shards["items"], shards["length"], shards["target"], shards["ngc_w"]):
+        key = (tuple(int(x) for x in items[:length]), int(target))
+        np.testing.assert_array_equal(np.asarray(ours[key], dtype=np.float32), w)
+        checked += 1
+    assert checked == 99 and any(np.asarray(w).any() for w in shards["ngc_w"])
