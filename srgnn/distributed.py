@@ -843,7 +843,6 @@ def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, trac
             best_state = ckpt.load_tensors(best_path)["model"]
         extra = {
             "n_items": n_items, "max_len": max_len, "manifest_hash": manifest_hash,
-            "model_version": f"{cfg.run_date}-{cfg.variant}-{cfg.readout}-{manifest_hash[:8]}",
             "run_date": cfg.run_date, "variant": cfg.variant, "readout": cfg.readout,
             "metrics": metrics, "selected_on": f"{select_split} {SELECT_METRIC}", "best_epoch": state.best_epoch,
             "epochs_run": state.epochs_done, "world_size": ctx.world_size,
