@@ -104,22 +104,21 @@ class FullCatalogCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = s @ weight[1:].t()
-        lse = torch.logsumexp(logits, dim=1)
-        loss = (lse - logits.gather(1, (targets - 1).unsqueeze(1)).squeeze(1)).mean()
-        ctx.save_for_backward(s, weight, targets, logits, lse)
+        log_p = torch.log_softmax(s @ weight[1:].t(), dim=1)    # [B, n_items], one buffer
+        loss = -log_p.gather(1, (targets - 1).unsqueeze(1)).mean()
+        ctx.save_for_backward(s, weight, targets, log_p)
         return loss
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        s, weight, targets, logits, lse = ctx.saved_tensors
-        p = logits.sub_(lse.unsqueeze(1)).exp_()                # softmax, in the score buffer
-        p[torch.arange(p.shape[0], device=p.device), targets - 1] -= 1.0
-        p.mul_(grad / p.shape[0])                               # d loss / d logits
-        grad_weight = torch.empty_like(weight)
+        s, weight, targets, log_p = ctx.saved_tensors
+        p = log_p.exp_()                                        # softmax, in place
+        p[torch.arange(p.shape[0], device=p.device), targets - 1] -= 1.0   # d CE / d logits
+        scale = grad / p.shape[0]                               # mean over the batch, applied to
+        grad_weight = torch.empty_like(weight)                  # the small factors, not to p
         grad_weight[0].zero_()                                  # the padding row is never scored
-        torch.mm(p.t(), s, out=grad_weight[1:])
-        return p @ weight[1:], grad_weight, None
+        torch.mm(p.t(), s * scale, out=grad_weight[1:])
+        return (p @ weight[1:]) * scale, grad_weight, None
 
 
 class SRGNN(nn.Module):
