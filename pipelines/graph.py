@@ -350,6 +350,17 @@ def _layout(spark: SparkSession, weighted: DataFrame, cfg: GraphConfig, where: s
     return counts, layout
 
 
+def _check_stage1_counts(counts: dict, fraction_counts: dict, stats_path: str) -> None:
+    """The examples must be the prefix pairs stage 1 counted (before the fraction)."""
+    stats = read_json(stats_path)
+    train_pairs = fraction_counts.get("train_pairs_before_fraction",
+                                      counts["train"]["examples"] + counts["valid"]["examples"])
+    for key, got in (("train_pairs", train_pairs), ("test_pairs", counts["test"]["examples"])):
+        if key in stats and int(stats[key]) != got:
+            raise InputError(f"{stats_path} says {key}={stats[key]} but the sessions table gives {got} "
+                             f"prefix pairs; rerun stage 1 for this run date")
+
+
 def _hadoop_fs(spark: SparkSession, path: str):
     hpath = spark._jvm.org.apache.hadoop.fs.Path(path)
     return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
@@ -426,6 +437,7 @@ def build_graph(spark: SparkSession, cfg: GraphConfig) -> dict[str, Any]:
     weighted = sessions_with_ngc_weights(transitions, graph).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts, layout = _layout(spark, weighted, cfg, where)
+        _check_stage1_counts(counts, fraction_counts, _stats_path(store, cfg.run_date))
         log.info("examples per split: %s", {s: counts[s]["examples"] for s in SPLITS})
         manifest: dict[str, Any] = {}
 

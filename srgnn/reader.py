@@ -230,7 +230,9 @@ def iter_batches(output_or_url: str, split: str, batch_size: int, cur_shard: int
         return batch if device is None else batch.to(device, non_blocking=True)
 
     pending: list[tuple[np.ndarray, ...]] = []  # leftover rows (< batch_size) from the last row group
-    reader = _make_reader(file_url(f"{folder}/{split}"), cur_shard, shard_count, _epoch_seed(seed, epoch),
+    # Petastorm also shuffles the row-group order whenever it gets a seed: no seed = path order
+    petastorm_seed = _epoch_seed(seed, epoch) if (shuffle_row_groups or shuffle_rows) else None
+    reader = _make_reader(file_url(f"{folder}/{split}"), cur_shard, shard_count, petastorm_seed,
                           shuffle_row_groups, shuffle_rows, reader_pool_type, workers_count,
                           results_queue_size, width, fast_lists)
     with reader:
