@@ -27,10 +27,12 @@ def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Rank (1 = best) of each target item (index 1..n) among all items, ties by lower index first."""
     t = (targets - 1).unsqueeze(1)
     s_t = logits.gather(1, t)
-    index = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
     better = (logits > s_t).sum(1)
-    tied_before = ((logits == s_t) & (index < t)).sum(1)
-    return 1 + better + tied_before
+    tied = logits == s_t
+    if bool((tied.sum(1) > 1).any()):  # some target shares its score: lower indices go first
+        index = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
+        return 1 + better + (tied & (index < t)).sum(1)
+    return 1 + better
 
 
 def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -41,6 +43,25 @@ def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
     tied = logits == kth
     room = k - above.sum(1, keepdim=True)
     return above | (tied & (tied.cumsum(1) <= room))
+
+
+def top_k_items(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Column indices [B, k] of the top k, in (score descending, index ascending) order.
+
+    One ``topk``; only rows with a tie across the k-th place take the exact (full-row) path."""
+    n = logits.shape[1]
+    k = min(k, n)
+    vals, idx = logits.topk(min(k + 1, n), dim=1)
+    boundary_tie = vals[:, k - 1] == vals[:, k] if k < n else torch.zeros_like(vals[:, 0], dtype=torch.bool)
+    idx, vals = idx[:, :k].clone(), vals[:, :k].clone()
+    if bool(boundary_tie.any()):
+        rows = boundary_tie.nonzero().squeeze(1)
+        exact = top_k_mask(logits[rows], k).nonzero()[:, 1].view(-1, k)   # ascending index
+        idx[rows] = exact
+        vals[rows] = logits[rows].gather(1, exact)
+    idx, order = idx.sort(dim=1)                                    # index ascending, then
+    _, order2 = vals.gather(1, order).sort(dim=1, descending=True, stable=True)  # score descending
+    return idx.gather(1, order2)
 
 
 class MetricAccumulator:
@@ -83,16 +104,16 @@ class MetricAccumulator:
             add[ix[name + "_len>5"]] = (per_example * (1 - short)).sum()
 
         put("n", torch.ones_like(ranks))
-        for k in self.ks:
+        top_items = top_k_items(logits, max(self.ks))                  # [B, max K], rule order
+        for i, k in enumerate(self.ks):
             hit = (ranks <= k).to(torch.float64)
             put(f"hr@{k}", hit)
             put(f"mrr@{k}", hit / ranks)
             put(f"ndcg@{k}", hit / torch.log2(1 + ranks))
-            top = top_k_mask(logits, k)
-            self.covered[self.ks.index(k)] |= top.any(0).to(self.device, torch.uint8)
+            top = top_items[:, :k].to(self.device)
+            self.covered[i].index_fill_(0, top.flatten(), 1)
             if self.popularity is not None:
-                pop = top.to(self.device, torch.float64) @ self.popularity / min(k, self.n_items)
-                add[ix[f"pop@{k}"]] = pop.sum()
+                add[ix[f"pop@{k}"]] = self.popularity[top].mean(1).sum()
         if loss_sum is not None:
             self._has_loss = True
             add[ix["loss_sum"]] = torch.as_tensor(loss_sum, dtype=torch.float64).to(self.device)

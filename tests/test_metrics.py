@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from srgnn.metrics import MetricAccumulator, target_ranks, top_k_mask
+from srgnn.metrics import MetricAccumulator, target_ranks, top_k_items, top_k_mask
 
 # 6 items (columns 0..5 = items 1..6)
 LOGITS = torch.tensor([
@@ -73,3 +73,26 @@ def test_raw_sums_merge_like_one_pass_and_empty_bucket_is_nan():
 def test_popularity_shape_is_checked():
     with pytest.raises(ValueError, match="popularity"):
         MetricAccumulator(6, popularity=torch.ones(5))
+
+
+def test_top_k_items_order_and_ties_match_the_mask():
+    top = top_k_items(LOGITS, 3)
+    assert top.tolist() == [[0, 2, 3], [0, 1, 2], [0, 1, 2], [5, 4, 3]]
+    torch.manual_seed(0)
+    logits = torch.randint(0, 4, (50, 30)).float()    # many ties everywhere
+    for k in (1, 5, 29, 30, 40):
+        items = top_k_items(logits, k)
+        mask = top_k_mask(logits, k)
+        assert torch.equal(torch.zeros_like(mask).scatter_(1, items, True), mask)
+        # rule order: score descending, then index ascending
+        scores = logits.gather(1, items)
+        assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+        same = scores[:, :-1] == scores[:, 1:]
+        assert bool((items[:, :-1][same] < items[:, 1:][same]).all())
+        # ranks agree with positions in the list
+        ranks = target_ranks(logits, items[:, 0] + 1)
+        assert ranks.tolist() == [1] * 50
+    full = top_k_items(logits, 30)                    # the whole catalog in rule order
+    targets = torch.randint(1, 31, (50,))
+    position = (full == (targets - 1).unsqueeze(1)).float().argmax(1) + 1
+    assert torch.equal(target_ranks(logits, targets), position)
