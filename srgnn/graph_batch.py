@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.errors import InputError
+
 
 @dataclass
 class SparseMatrix:
@@ -120,7 +122,10 @@ def build_session_graph(items: torch.Tensor, lengths: torch.Tensor, ngc_w: torch
     """
     B = items.shape[0]
     if not static_shapes:  # trim the padding columns no session uses
-        width = max(int(lengths.max()), 1)
+        width, shortest = int(lengths.max()), int(lengths.min())
+        if shortest < 1 or width > items.shape[1]:
+            raise InputError(f"batch of {B} prefixes has lengths in [{shortest}, {width}]; each must be "
+                             f"1..{items.shape[1]} (the items width)")
         items = items[:, :width]
         ngc_w = None if ngc_w is None else ngc_w[:, :width]
     L = items.shape[1]

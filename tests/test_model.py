@@ -250,3 +250,11 @@ def test_fused_training_loss_equals_logits_cross_entropy():
     for name, a, b in zip([n for n, _ in model.named_parameters()], fused_grads, plain_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     assert float(fused_grads[0][0].abs().sum()) == 0.0  # the padding row gets no gradient here
+
+
+def test_bad_lengths_are_named():
+    from pipelines.errors import InputError
+    with pytest.raises(InputError, match=r"lengths in \[0, 2\]"):
+        build_session_graph(torch.tensor([[1, 2], [3, 0]]), torch.tensor([2, 0]))
+    with pytest.raises(InputError, match="1..2"):
+        build_session_graph(torch.tensor([[1, 2], [3, 0]]), torch.tensor([3, 1]))
