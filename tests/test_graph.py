@@ -339,3 +339,18 @@ def test_sample_graph_weights_sum_to_one_per_source(spark, sample_stage2):
     graph = TableStore(sample_stage2["output"]).read(spark, "item_graph", sample_stage2["run_date"])
     sums = [r[1] for r in graph.groupBy("src_idx").sum("weight").collect()]
     assert len(sums) > 100 and max(abs(x - 1.0) for x in sums) < 1e-12
+
+
+def test_config_from_yaml_and_command_line(tmp_path):
+    from pipelines.errors import ConfigError
+
+    y = tmp_path / "c.yaml"
+    y.write_text("build_graph:\n  valid_share: 0\n  max_len: 20\n  world_size: 4\n")
+    cfg = GraphConfig.from_args(["--config", str(y), "--output", "o", "--run-date", RUN_DATE, "--world-size", "2"])
+    assert (cfg.valid_share, cfg.max_len, cfg.world_size, cfg.seed, cfg.self_loops) == (0.0, 20, 2, 0, "keep")
+    with pytest.raises(ConfigError, match="--valid-share"):
+        GraphConfig.from_args(["--output", "o", "--run-date", RUN_DATE, "--valid-share", "1.5"])
+    with pytest.raises(ConfigError, match="--run-date"):
+        GraphConfig.from_args(["--output", "o", "--run-date", "yesterday"])
+    with pytest.raises(ConfigError, match="--output"):
+        GraphConfig.from_args(["--run-date", RUN_DATE])
