@@ -393,3 +393,29 @@ def test_ngc_weights_in_spark_equal_the_shards(spark, sample_stage2):
         np.testing.assert_array_equal(np.asarray(ours[key], dtype=np.float32), w)
         checked += 1
     assert checked == 99 and any(np.asarray(w).any() for w in shards["ngc_w"])
+
+
+# ---- the jobs, end to end --------------------------------------------------------------------
+def test_jobs_run_under_spark_submit_and_print_one_line_errors(spark, small_out):
+    from pipelines.recommend import ShowRecommendationsConfig, session_recommendations
+
+    out = small_out["output"]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "spark-submit"), "--master", "local[2]", "--driver-memory", "1g",
+         str(ROOT / "jobs" / "recommend.py"), "--output", out, "--run-date", RUN_DATE, "--k", "3"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert stats["rows_written"] == 9 * 3 and stats["k"] == 3
+    shown = session_recommendations(spark, ShowRecommendationsConfig(output=out, run_date=RUN_DATE, session_id="s0"))
+    assert shown["rank"].tolist() == [1, 2, 3] and set(shown["source"]) == {"model"}
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "show_recommendations.py"), "--output", out,
+         "--run-date", RUN_DATE, "--session-id", "no-such-session"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: session 'no-such-session' has no rows in table recommendations run_date={RUN_DATE} under {out}")
+    assert "Traceback" not in proc.stderr
