@@ -61,6 +61,21 @@ def test_mask_seen_hides_the_sessions_items_but_not_item_one_for_padding():
     assert torch.isinf(masked).nonzero().tolist() == [[0, 2], [0, 4], [1, 1]]
 
 
+def test_config_from_cli_and_yaml(tmp_path):
+    from pipelines.errors import ConfigError
+
+    yaml_file = tmp_path / "nightly.yaml"
+    yaml_file.write_text("recommend:\n  k: 10\n  split: all\n  batch_size: 64\n")
+    cfg = RecommendConfig.from_args(["--config", str(yaml_file), "--output", "OUT", "--run-date", "2016-06-01",
+                                     "--k", "5", "--exclude-seen", "--sessions", "p", "--items-col", "clicks"])
+    assert (cfg.k, cfg.split, cfg.batch_size, cfg.exclude_seen, cfg.items_col) == (5, "all", 64, True, "clicks")
+    assert cfg.resolved_model_dir().endswith("/OUT/models/run_date=2016-06-01")
+    with pytest.raises(ConfigError, match="--k must be >= 1"):
+        RecommendConfig.from_args(["--output", "OUT", "--run-date", "2016-06-01", "--k", "0"])
+    with pytest.raises(ConfigError, match="missing required option"):
+        RecommendConfig.from_args(["--output", "OUT"])
+
+
 # ---- Spark transforms ------------------------------------------------------------------------
 SESSIONS_SCHEMA = T.StructType([T.StructField("session_id", T.StringType()),
                                 T.StructField("item_ids", T.ArrayType(T.StringType()))])
