@@ -687,7 +687,8 @@ def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, trac
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.l2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_dc_step, gamma=cfg.lr_dc)
     meta = {"manifest_hash": manifest_hash, "n_items": n_items, "max_len": max_len,
-            "model": json.dumps(cfg.model_options(), sort_keys=True), "world_size": ctx.world_size,
+            "model": json.dumps({k: v for k, v in cfg.model_options().items() if k != "static_shapes"},
+                                sort_keys=True), "world_size": ctx.world_size,
             "batch_size": cfg.batch_size}
 
     # ---- resume ---------------------------------------------------------------------------

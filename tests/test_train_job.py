@@ -56,18 +56,20 @@ def test_sigkill_after_first_epoch_then_resume_equals_uninterrupted_run(tmp_path
            "--hidden-size", "16", "--epochs", "3", "--batch-size", "20", "--lr", "0.005", "--lr-dc-step", "2",
            "--eval-batch-size", "64", "--num-threads", "1", "--no-progress", "--mlflow-tracking-uri", "none"]
     epoch1 = killed / "checkpoints" / f"run_date={RUN_DATE}" / ckpt.checkpoint_name(1, 0)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while not epoch1.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        assert epoch1.exists(), proc.stderr.read() if proc.poll() is not None else "no epoch-1 checkpoint"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.time() + 240
+            while not epoch1.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            assert epoch1.exists(), log_path.read_text()[-3000:]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not _model_dir(killed).exists()  # it died before exporting
     # killed within ~10 ms of the epoch-1 checkpoint, long before epoch 2 ended
@@ -89,6 +91,29 @@ def test_sigkill_after_first_epoch_then_resume_equals_uninterrupted_run(tmp_path
         load_file(str(_model_dir(clean) / "model.safetensors"))
     for name, value in w_clean.items():
         torch.testing.assert_close(w_resumed[name], value, atol=1e-5, rtol=0)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_equals_uninterrupted_run(tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    _standard_shards(whole)  # 160 training examples: 10 steps of 16 per epoch
+    opts = dict(epochs=2, checkpoint_every_steps=3, keep_checkpoints=0)
+    uninterrupted = train_job(small_config(whole, **opts))
+    ckpt_dir = whole / "checkpoints" / f"run_date={RUN_DATE}"
+    names = [p.name for _, _, p in ckpt.list_checkpoints(ckpt_dir)]
+    assert names == [ckpt.checkpoint_name(e, s) for e, s in
+                     [(0, 3), (0, 6), (0, 9), (1, 0), (1, 3), (1, 6), (1, 9), (2, 0)]]
+    # pretend the run died 3 steps into epoch 2: only the checkpoints up to then exist
+    shutil.copytree(whole, cut)
+    shutil.rmtree(_model_dir(cut))
+    for name in names[5:]:
+        (cut / "checkpoints" / f"run_date={RUN_DATE}" / name).unlink()
+    resumed = train_job(small_config(cut, resume=True, **opts))
+    for got, want in zip(resumed["history"], uninterrupted["history"]):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-6)
+        assert got["valid"]["mrr@20"] == pytest.approx(want["valid"]["mrr@20"], abs=1e-6)
+    for name, value in load_file(str(_model_dir(whole) / "model.safetensors")).items():
+        torch.testing.assert_close(load_file(str(_model_dir(cut) / "model.safetensors"))[name], value,
+                                   atol=1e-6, rtol=0)
 
 
 # ---- early stopping, export, MLflow --------------------------------------------------------------
