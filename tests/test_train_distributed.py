@@ -7,7 +7,6 @@ they are still read through srgnn.reader, i.e. the real Petastorm batch reader.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
