@@ -17,3 +17,17 @@ else
   .venv/bin/pip install -q --disable-pip-version-check -e .
 fi
 .venv/bin/pip check
+# pyspark's pip-installed .venv/bin/spark-submit finds SPARK_HOME and the driver's Python through the
+# first `python3` on PATH, so it fails (or runs the wrong Python) unless the venv is activated.
+# Other tools call .venv/bin/spark-submit directly: make it a wrapper that pins both to this venv.
+venv_bin="$PWD/.venv/bin"
+spark_home=$("$venv_bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
+cat > "$venv_bin/spark-submit" <<WRAPPER
+#!/usr/bin/env bash
+# Written by scripts/bootstrap.sh: spark-submit with this venv's pyspark and Python.
+export SPARK_HOME="\${SPARK_HOME:-$spark_home}"
+export PYSPARK_PYTHON="\${PYSPARK_PYTHON:-$venv_bin/python}"
+export PYSPARK_DRIVER_PYTHON="\${PYSPARK_DRIVER_PYTHON:-$venv_bin/python}"
+exec "$spark_home/bin/spark-submit" "\$@"
+WRAPPER
+chmod +x "$venv_bin/spark-submit"
