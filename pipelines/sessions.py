@@ -116,7 +116,8 @@ def parse_fraction(text: str | float) -> float:
 
 # ---- reading ----------------------------------------------------------------------------------
 def read_parsed(spark: SparkSession, cfg: SessionsConfig) -> DataFrame:
-    """All input rows parsed, with ``reason`` null (a click) or a quarantine reason.
+    """All input rows parsed, with ``reason`` null (a click), a quarantine reason, or the internal
+    header marker (see :func:`pipelines.sources.resolve_headers`).
 
     Checks paths and columns first (InputError naming the path and the expected columns).
     """
@@ -148,7 +149,7 @@ def read_parsed(spark: SparkSession, cfg: SessionsConfig) -> DataFrame:
             raise InputError(f"input path {cfg.input}: columns {missing} not found "
                              f"(has {frame.columns}); expected {expected}")
         parsed = sources.events_frame_clicks(frame, cols, cfg.time_unit)
-    return sources.resolve_headers(parsed)
+    return parsed
 
 
 def _check_text_header(spark, files, delimiter, required, expected) -> list[str]:
@@ -369,10 +370,8 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
         return df
 
     try:
-        parsed = keep(read_parsed(spark, cfg))
         # 1. rows: quarantined by reason, valid (one pass)
-        by_reason = {r["reason"]: int(r["n"]) for r in
-                     parsed.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+        parsed, by_reason = sources.resolve_headers(keep(read_parsed(spark, cfg)))
         n_valid = by_reason.pop(None, 0)
         rows_read = n_valid + sum(by_reason.values())
         log.info("read %d rows from %s: %d valid, %d quarantined %s", rows_read, cfg.input,
@@ -425,8 +424,9 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
             F.sum(F.when(F.size("item_ids") >= min_len, F.size("item_ids"))).alias("clicks_kept"),
             F.sum(F.size("item_ids")).alias("clicks_known"),
             F.sum(F.when(F.size("item_ids") >= min_len, F.size("item_ids") - 1)).alias("pairs"),
+            F.max(F.array_max("item_idx")).alias("max_idx"),
         ).collect()}
-        n_items = vocab.count()
+        n_items = int(by_split.get("train", {}).get("max_idx") or 0)   # train items are 1..N
         lap("split_and_vocab")
 
         # 5. official order, write

@@ -36,7 +36,7 @@ YOOCHOOSE_COLUMNS = ("session_id", "timestamp", "item_id", "category")
 REASONS = (
     "blank_line",          # an empty or whitespace-only line
     "repeated_header",     # the header line again, not at the top of its file
-    "bad_encoding",        # bytes that are not UTF-8 (decoded as U+FFFD)
+    "bad_encoding",        # bytes that are not valid UTF-8 (stored with U+FFFD in ``raw``)
     "malformed_json",      # events/json: the line is not a JSON object
     "too_few_columns",     # fewer fields than the header / format has
     "too_many_columns",    # more fields than the header / format has
@@ -144,7 +144,7 @@ def _common_reasons(line, header_text: str | None, n_fields, n_expected: int):
     chain = F.when(_blank(line), "blank_line")
     if header_text is not None:
         chain = chain.when(line == F.lit(header_text), _HEADER)
-    return (chain.when(line.contains("\ufffd"), "bad_encoding")
+    return (chain.when(~F.is_valid_utf8(F.col("raw")), "bad_encoding")
                  .when(n_fields < n_expected, "too_few_columns")
                  .when(n_fields > n_expected, "too_many_columns"))
 
@@ -264,7 +264,7 @@ def events_json_clicks(lines: DataFrame, cols: EventColumns, time_unit: str) -> 
     values = {k: obj[getattr(cols, k)] for k in ("user", "time", "item")}
     values["type"] = obj[cols.type] if cols.type else F.lit(None).cast("string")
     not_object = F.json_object_keys(line).isNull()
-    chain_line = F.when(_blank(line), "blank_line").when(line.contains("\ufffd"), "bad_encoding")
+    chain_line = F.when(_blank(line), "blank_line").when(~F.is_valid_utf8(F.col("raw")), "bad_encoding")
     reason, user, item, ts_ms, etype = _event_fields(values, line, None, None, None, time_unit,
                                                      json_check=not_object)
     reason = F.coalesce(chain_line, reason)
@@ -300,23 +300,38 @@ def _regex_quote(s: str) -> str:
 
 
 # ---- headers, quarantine, positions -----------------------------------------------------------
-def resolve_headers(parsed: DataFrame) -> DataFrame:
+def resolve_headers(parsed: DataFrame) -> tuple[DataFrame, dict]:
     """A line equal to the header is its file's header when it is the file's first line (dropped:
-    not a row), else ``repeated_header`` (quarantined). One small aggregation pass."""
-    per_file = (parsed.groupBy("source")
-                .agg(F.min("line_id").alias("first_line"),
-                     F.min(F.when(F.col("reason") == _HEADER, F.col("line_id"))).alias("first_header"))
-                .collect())
-    tops = sorted(int(r["first_line"]) for r in per_file if r["first_header"] == r["first_line"])
+    not a row), else ``repeated_header`` (quarantined).
+
+    Returns the rows and their counts by reason (``None`` = valid), from one aggregation pass.
+    """
+    per = (parsed.groupBy("source", "reason")
+           .agg(F.count(F.lit(1)).alias("n"), F.min("line_id").alias("first"))
+           .collect())
+    first_line: dict[str, int] = {}
+    for r in per:
+        first_line[r["source"]] = min(first_line.get(r["source"], r["first"]), r["first"])
+    tops = sorted(int(r["first"]) for r in per
+                  if r["reason"] == _HEADER and r["first"] == first_line[r["source"]])
+    counts: dict = {}
+    for r in per:
+        reason = "repeated_header" if r["reason"] == _HEADER else r["reason"]
+        counts[reason] = counts.get(reason, 0) + int(r["n"])
+    if tops:
+        counts["repeated_header"] -= len(tops)
+        if not counts["repeated_header"]:
+            del counts["repeated_header"]
     is_header = F.coalesce(F.col("reason") == _HEADER, F.lit(False))
     is_top = F.col("line_id").isin(tops) if tops else F.lit(False)
     reason = F.when(is_header, F.lit("repeated_header")).otherwise(F.col("reason"))
-    return parsed.where(~(is_header & is_top)).withColumn("reason", reason)
+    return parsed.where(~(is_header & is_top)).withColumn("reason", reason), counts
 
 
 def quarantine_rows(parsed: DataFrame) -> DataFrame:
     """The quarantine table: ``source``, ``raw``, ``reason`` (exact contract columns)."""
-    return parsed.where(F.col("reason").isNotNull()).select("source", "raw", "reason")
+    return parsed.where(F.col("reason").isNotNull()).select(
+        "source", F.make_valid_utf8("raw").alias("raw"), "reason")
 
 
 def valid_rows(parsed: DataFrame) -> DataFrame:
