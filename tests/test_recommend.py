@@ -310,6 +310,42 @@ def test_bad_model_or_vocabulary_is_one_clear_error(spark, small_out, tmp_path):
         recommend(spark, RecommendConfig(**base, sessions=dup))
 
 
+def test_ngc_models_get_their_edge_weights_from_item_graph(spark, small_out, tmp_path):
+    """An SR-GNN-NGC model is scored with ngc_w joined from item_graph (same run date)."""
+    from srgnn.export import save_model
+    from srgnn.model import SRGNN, ModelConfig
+    from srgnn.scoring import score_arrays
+
+    out, run_date = small_out["output"], "2024-03-07"
+    store = TableStore(out)
+    store.write(store.read(spark, "item_vocab", RUN_DATE), "item_vocab", run_date)
+    sessions = [s for s in small_out["sessions"] if s[1] == "test"]
+    store.write(spark.createDataFrame(sessions, "session_id string, split string, item_ids array<string>, "
+                                                "item_idx array<int>"), "sessions", run_date)
+    edges = {}
+    for _, _, _, clicks in sessions:
+        for a, b in zip(clicks, clicks[1:]):
+            edges[(a, b)] = round(0.1 + 0.8 * ((a * 7 + b * 3) % 10) / 10, 3)
+    store.write(spark.createDataFrame([(a, b, 1, w, w) for (a, b), w in edges.items()],
+                                      "src_idx int, dst_idx int, count long, weight double, in_weight double"),
+                "item_graph", run_date)
+    torch.manual_seed(3)
+    model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=MAX_LEN, variant="ngc"))
+    save_model(str(tmp_path / "ngc_model"), model)
+    recommend(spark, RecommendConfig(output=out, run_date=run_date, model_dir=str(tmp_path / "ngc_model"), k=4))
+    got = table_by_session(spark, out, run_date)
+    items, lengths = pad_prefixes([s[3] for s in sessions], MAX_LEN)
+    ngc_w = np.zeros(items.shape, dtype=np.float32)
+    for r in range(len(sessions)):
+        for i in range(1, lengths[r]):
+            ngc_w[r, i] = edges[(items[r, i - 1], items[r, i])]
+    idx, _ = score_arrays(model, items, lengths, 4, ngc_w=ngc_w)
+    idx_without, _ = score_arrays(model, items, lengths, 4, ngc_w=np.zeros_like(ngc_w))
+    assert not np.array_equal(idx, idx_without)  # the weights matter for this model
+    for r, s in enumerate(sessions):
+        assert [x["item_id"] for x in got[s[0]]] == [f"i{j}" for j in idx[r]]
+
+
 # ---- consistency with the trainer on the bundled sample -------------------------------------
 def test_recommendations_reproduce_the_trainers_test_metrics_exactly(spark, sample_stage2, tmp_path):
     """Every test example of the sample (prefix, target) scored as its own session: HR@20 and MRR@20
