@@ -5,7 +5,8 @@
 For each size: writes the click log with bench/synth.py (once; kept under --workdir), runs
 ``jobs/build_sessions.py`` then ``jobs/build_graph.py`` as separate processes with local[2] Spark
 (the JVM included), and reports per stage: wall seconds, peak resident memory of the whole process
-tree (Python + JVM + Python workers, sampled every 0.2 s), and for stage 2 the examples written and
+tree (Python + JVM + Python workers, sampled every 0.2 s), its CPU seconds (user + system: less
+sensitive to a loaded machine than wall time), and for stage 2 the examples written and
 examples/s. Prints the machine (nproc, CPU model, load average) first: a loaded machine's figures
 are not comparable with an idle one's.
 
@@ -47,11 +48,13 @@ def machine() -> str:
             f"loadavg={load[0]:.1f},{load[1]:.1f},{load[2]:.1f}")
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Run ``cmd``; return (wall seconds, peak RSS GiB of its process tree, stdout)."""
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
+    """Run ``cmd``; return (wall seconds, peak RSS GiB of its process tree, CPU seconds of the tree
+    (user + system, summed over the processes seen; less sensitive to a loaded machine), stdout)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     peak = 0
+    cpu: dict[int, float] = {}
     done = threading.Event()
 
     def sample() -> None:
@@ -64,6 +67,8 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str
                 for p in tree:
                     try:
                         rss += p.memory_info().rss
+                        t = p.cpu_times()
+                        cpu[p.pid] = t.user + t.system
                     except psutil.Error:
                         pass
                 peak = max(peak, rss)
@@ -80,7 +85,7 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str
     if proc.returncode != 0:
         sys.stderr.write(err[-4000:])
         raise SystemExit(f"{cmd[1]} failed with status {proc.returncode}")
-    return wall, peak / 2**30, out
+    return wall, peak / 2**30, sum(cpu.values()), out
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -106,17 +111,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             subprocess.run([sys.executable, "bench/synth.py", "--clicks", str(clicks), "--format", "yoochoose",
                             "--out", str(log), "--seed", str(args.seed)], check=True, cwd=ROOT)
         out = work / f"out_{clicks}"
-        s1_wall, s1_peak, s1_out = run_measured(
+        s1_wall, s1_peak, s1_cpu, s1_out = run_measured(
             [sys.executable, "jobs/build_sessions.py", "--input", str(log), "--format", "yoochoose",
              "--output", str(out), "--run-date", RUN_DATE], env)
         stats = json.loads(s1_out[s1_out.index("{"):])
-        s2_wall, s2_peak, s2_out = run_measured(
+        s2_wall, s2_peak, s2_cpu, s2_out = run_measured(
             [sys.executable, "jobs/build_graph.py", "--output", str(out), "--run-date", RUN_DATE,
              "--shuffle-partitions", str(args.shuffle_partitions), *args.graph_args.split()], env)
         manifest = json.loads(s2_out[s2_out.index("{"):])
         examples = sum(v["examples"] for v in manifest["splits"].values())
-        row = {"clicks": clicks, "stage1_s": round(s1_wall, 1), "stage1_peak_gib": round(s1_peak, 2),
-               "stage2_s": round(s2_wall, 1), "stage2_peak_gib": round(s2_peak, 2),
+        row = {"clicks": clicks, "stage1_s": round(s1_wall, 1), "stage1_cpu_s": round(s1_cpu, 1),
+               "stage1_peak_gib": round(s1_peak, 2), "stage2_s": round(s2_wall, 1), "stage2_cpu_s": round(s2_cpu, 1),
+               "stage2_peak_gib": round(s2_peak, 2),
                "train_examples": manifest["splits"]["train"]["examples"], "all_examples": examples,
                "stage2_examples_per_s": round(examples / s2_wall), "train_row_groups":
                manifest["splits"]["train"]["row_groups"], "stage1_train_pairs": stats.get("train_pairs")}
@@ -125,10 +131,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"  shards: {out}/shards/run_date={RUN_DATE}  (read: .venv/bin/python bench/read_throughput.py "
               f"--output {out} --run-date {RUN_DATE})", flush=True)
     print(f"machine: {machine()}  (load average again, after the runs)")
-    print("| clicks | stage 1 s | stage 1 peak GiB | stage 2 s | stage 2 peak GiB | examples (train) | stage 2 examples/s |")
+    print("| clicks | stage 1 s (CPU s) | stage 1 peak GiB | stage 2 s (CPU s) | stage 2 peak GiB | examples (train) "
+          "| stage 2 examples/s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['clicks']:,} | {r['stage1_s']} | {r['stage1_peak_gib']} | {r['stage2_s']} | {r['stage2_peak_gib']} "
+        print(f"| {r['clicks']:,} | {r['stage1_s']} ({r['stage1_cpu_s']}) | {r['stage1_peak_gib']} | {r['stage2_s']} "
+              f"({r['stage2_cpu_s']}) | {r['stage2_peak_gib']} "
               f"| {r['all_examples']:,} ({r['train_examples']:,}) | {r['stage2_examples_per_s']:,} |")
     return results
 
