@@ -166,8 +166,18 @@ def train(model: SRGNN, cfg: TrainConfig, train_batches: Batches, valid_batches:
     Returns {"best_epoch", "valid", "test", "test_picked", "history", "epochs_run", "stopped_early"};
     the model holds the best epoch's weights on return.
     """
+    threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(model, cfg, train_batches, valid_batches, test_batches, popularity, optimizer, forward,
+                      start_epoch, state, on_epoch_end, all_reduce)
+    finally:
+        torch.set_num_threads(threads)  # leave the process as it was
+
+
+def _train(model, cfg, train_batches, valid_batches, test_batches, popularity, optimizer, forward,
+           start_epoch, state, on_epoch_end, all_reduce) -> dict[str, Any]:
     optimizer = optimizer or make_optimizer(model, cfg)
     state = state or {"best_value": -math.inf, "best_epoch": -1, "best_state": None, "best_valid": None,
                       "best_hr": -math.inf, "best_mrr": -math.inf, "bad_epochs": 0,

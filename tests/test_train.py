@@ -124,3 +124,11 @@ def test_config_from_args_and_bad_metric(markov):
     with pytest.raises(ConfigError, match="select_metric"):
         train(model, TrainConfig(epochs=1, select_metric="auc", progress=False),
               _batches(tuple(a[:100] for a in markov["train"])), _batches(markov["valid"]))
+
+
+def test_thread_setting_is_restored(markov):
+    before = torch.get_num_threads()
+    model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=4, max_len=MAX_LEN))
+    small = _batches(tuple(a[:100] for a in markov["train"]))
+    train(model, TrainConfig(epochs=1, progress=False, num_threads=1 if before > 1 else 2), small, small)
+    assert torch.get_num_threads() == before
