@@ -100,6 +100,7 @@ class FullCatalogCrossEntropy(torch.autograd.Function):
     Same value and gradients as ``F.cross_entropy(s @ W[1:].t(), t - 1)``, but the [B, n_items]
     score buffer is reused for the softmax and the gradient goes straight into W's full shape:
     no zero-filled [B, n_items] / [n_items + 1, d] temporaries, which dominate on CPU at 40k items.
+    The backward overwrites the saved buffer, so it runs once (no ``retain_graph`` double backward).
     """
 
     @staticmethod
