@@ -28,7 +28,7 @@ def copy_stage_outputs(src: str, dst: Path, run_date: str) -> str:
     return str(dst)
 
 
-def train_tiny_srgnn(out: str, run_date: str, epochs: int, hidden: int = 32, seed: int = 0) -> dict:
+def train_tiny_srgnn(out: str, run_date: str, epochs: int, hidden: int = 32, seed: int = 0, lr: float = 5e-3) -> dict:
     """A small SR-GNN trained on the train shard (selected on valid) and exported like stage 3 does."""
     from srgnn.data import batches_from_arrays
     from srgnn.export import save_model
@@ -41,7 +41,7 @@ def train_tiny_srgnn(out: str, run_date: str, epochs: int, hidden: int = 32, see
     tr, va = read_split(shards, "train"), read_split(shards, "valid")
     torch.manual_seed(seed)
     model = SRGNN(ModelConfig(n_items=manifest["n_items"], hidden_size=hidden, max_len=manifest["max_len"]))
-    cfg = TrainConfig(epochs=epochs, batch_size=100, progress=False, lr=3e-3, lr_decay_step=100)
+    cfg = TrainConfig(epochs=epochs, batch_size=100, progress=False, lr=lr, lr_decay_step=100)
 
     def batches(split, shuffle):
         return lambda epoch: batches_from_arrays(split["items"], split["length"], split["target"], split["ngc_w"],
@@ -224,18 +224,21 @@ def test_synthetic_markov_ranks_sr_and_srgnn_above_pop(spark, tmp_path):
 
     run_date = "2014-05-01"
     clicks = tmp_path / "clicks.dat"
-    write_click_log(clicks, "yoochoose", SynthConfig(n_clicks=40_000, n_items=300, n_days=10, seed=3,
-                                                     p_follow=0.8))
+    # 500 items, flat-ish popularity (Zipf 0.8), clicks follow one of 4 successors 80% of the time:
+    # POP reaches about 45% HR@20, direct-successor statistics about 85%
+    write_click_log(clicks, "yoochoose", SynthConfig(n_clicks=20_000, n_items=500, zipf_a=0.8, p_follow=0.8,
+                                                     n_days=10, seed=3))
     out = str(tmp_path / "out")
     build_sessions(spark, SessionsConfig(input=str(clicks), format="yoochoose", output=out, run_date=run_date,
                                          split_days=2))
     build_graph(spark, GraphConfig(output=out, run_date=run_date, world_size=2))
-    train_tiny_srgnn(out, run_date, epochs=3, hidden=48)
+    train_tiny_srgnn(out, run_date, epochs=2, hidden=32)
     result = evaluate(spark, EvaluateConfig(output=out, run_date=run_date, progress=False, vsknn_sample=200))
-    m = {name: v for name, v in result["metrics"].items()}
+    m = result["metrics"]
     assert sorted(report_table(Path(result["report"]).read_text())) == sorted(ALL)
-    assert result["examples"] > 500
-    for better in ("sr", "srgnn", "itemknn", "vsknn"):
-        for metric in ("hr@20", "mrr@20"):
+    assert result["examples"] > 1000
+    for better in ("sr", "srgnn"):
+        for metric in ("hr@20", "mrr@20", "ndcg@20"):
             assert m[better][metric] > m["pop"][metric] + 0.05, (better, metric, m[better][metric], m["pop"][metric])
     assert m["sr"]["mrr@20"] > m["spop"]["mrr@20"]
+    assert result["best"]["best_model"] in ("sr", "srgnn")
