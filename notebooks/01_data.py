@@ -135,33 +135,37 @@ save(fig, "clicks_per_day.png")
 # COMMAND ----------
 
 
-def numeric_items(d: dict, prefix: str = "") -> list[tuple[str, float]]:
-    out = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out += numeric_items(v, f"{prefix}{k}.")
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out.append((f"{prefix}{k}", float(v)))
-    return out
-
-
-counts = [(k, v) for k, v in numeric_items(stats) if float(v).is_integer() and v > 0
-          and not k.startswith(("fraction", "split"))]
+# Rows: read = used + filtered (by step) + quarantined (stage 1 asserts it); sessions: after each filter.
+rows = {"read": stats.get("rows_read", 0), "used": stats.get("rows_used", 0),
+        **{f"filtered: {k}": v for k, v in (stats.get("filtered_by_step") or {}).items() if v},
+        "quarantined": stats.get("rows_quarantined", 0)}
+ORDER = ["read", "min_length_2", "min_item_support_5", "on_split_date", "train", "test_before_unknown_item_filter", "test"]
+funnel = {k: v for k, v in sorted((stats.get("sessions") or {}).items(),
+                                  key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER))
+          if isinstance(v, (int, float))}
 reasons = quarantine.groupBy("reason").count().orderBy(F.col("count").desc()).toPandas()
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, max(4, 0.28 * len(counts))),
-                               gridspec_kw={"width_ratios": [2, 1]})
-ax1.barh([k for k, _ in counts][::-1], [v for _, v in counts][::-1])
-ax1.set_xscale("log")
-ax1.set_title("stage 1 counts (stats JSON)")
+
+fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
+ax1.barh(list(rows)[::-1], list(rows.values())[::-1],
+         color=["tab:red" if k == "quarantined" else "tab:orange" if k.startswith("filtered") else "tab:blue"
+                for k in rows][::-1])
+ax1.set_xscale("symlog")
+ax1.set_title(f"clicks (rows): {rows['read']:,} read, {rows['used']:,} used")
+ax2.barh(list(funnel)[::-1], list(funnel.values())[::-1], color="tab:green")
+ax2.set_xscale("log")
+ax2.set_title("sessions after each step")
 if len(reasons):
-    ax2.barh(reasons["reason"][::-1], reasons["count"][::-1], color="tab:red")
-    ax2.set_title(f"quarantined rows by reason ({int(reasons['count'].sum()):,})")
+    ax3.barh(reasons["reason"][::-1], reasons["count"][::-1], color="tab:red")
+    ax3.set_title(f"quarantined rows by reason ({int(reasons['count'].sum()):,})")
 else:
-    ax2.text(0.5, 0.5, "no row quarantined", ha="center", va="center")
-    ax2.set_axis_off()
+    ax3.text(0.5, 0.5, "no row quarantined", ha="center", va="center")
+    ax3.set_axis_off()
 save(fig, "stage1_filtering.png")
-for k, v in counts:
-    print(f"{k:<40} {v:>12,.0f}")
+for k, v in [*rows.items(), *(("sessions " + k, v) for k, v in funnel.items())]:
+    print(f"{k:<40} {v:>12,}")
+print(f"split date {stats.get('split_date')}: {stats.get('train_sessions')} train / {stats.get('test_sessions')} "
+      f"test sessions, {stats.get('train_pairs')} / {stats.get('test_pairs')} prefix pairs, "
+      f"{stats.get('n_items')} items")
 print(reasons.to_string(index=False) if len(reasons) else "quarantine: empty")
 
 # COMMAND ----------

@@ -145,23 +145,24 @@ print(curves.to_string(index=False))
 
 by_length = []
 test_metrics = model_config.get("metrics", {}).get("test", {})
-for bucket, suffix in (("all", ""), ("len<=5", "_len<=5"), ("len>5", "_len>5")):
-    for metric in ("hr", "mrr"):
-        value = test_metrics.get(f"{metric}@20{suffix}")
-        if value is not None:
-            by_length.append({"model": "SR-GNN (trainer)", "metric": metric, "bucket": bucket, "value": value})
-if store.exists(spark, "evaluation", RUN_DATE):
+if store.exists(spark, "evaluation", RUN_DATE):  # SR-GNN and every baseline, same test examples
     evaluation = store.read(spark, "evaluation", RUN_DATE).where(F.col("k") == 20).toPandas()
     for r in evaluation.itertuples():
         metric = str(r.metric).split("@")[0]
         if metric in ("hr", "mrr"):
             bucket = r.length_bucket if isinstance(r.length_bucket, str) and r.length_bucket else "all"
             by_length.append({"model": r.model, "metric": metric, "bucket": bucket, "value": r.value})
+else:  # no evaluation run: the exported model's own test figures
+    for bucket, suffix in (("all", ""), ("<=5", "_len<=5"), (">5", "_len>5")):
+        for metric in ("hr", "mrr"):
+            value = test_metrics.get(f"{metric}@20{suffix}")
+            if value is not None:
+                by_length.append({"model": "srgnn", "metric": metric, "bucket": bucket, "value": value})
 by_length = pd.DataFrame(by_length, columns=["model", "metric", "bucket", "value"])
 table3 = by_length.pivot_table(index="model", columns=["metric", "bucket"], values="value")
 print((100 * table3).round(2).to_string())
 
-buckets = list(dict.fromkeys(by_length["bucket"]))
+buckets = sorted(set(by_length["bucket"]), key=lambda b: ["all", "<=5", ">5"].index(b) if b in ("all", "<=5", ">5") else 3)
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
 for ax, metric in zip(axes, ("hr", "mrr")):
     part = by_length[by_length["metric"] == metric].pivot_table(index="model", columns="bucket", values="value")

@@ -66,6 +66,7 @@ class NightlyConfig(StageConfig):
                         choices=tuple(STAGES))
     evaluate: bool = opt(True, "run the evaluation (SR-GNN against the baselines) after training")
     spark_master: str = opt("", "Spark master (default local[*], or the one spark-submit gives)")
+    shuffle_partitions: int = opt(0, "spark.sql.shuffle.partitions of a local session (0 = get_spark's default)")
     show_sessions: int = opt(3, "print the recommendations of this many sessions at the end")
     show_items: int = opt(5, "recommended items printed per session")
 
@@ -82,15 +83,18 @@ class NightlyConfig(StageConfig):
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, *, prog: str | None = None,
                   description: str | None = None) -> "NightlyConfig":
-        """As StageConfig.from_args; ``--config FILE`` is also the stage options file."""
+        """As StageConfig.from_args; ``--config FILE`` (default conf/sample.yaml) is also the stage
+        options file: its ``nightly`` section sets this config, the other sections the stages'."""
         argv = list(sys.argv[1:] if argv is None else argv)
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config")
+        pre.add_argument("--stage-config")
         known, _ = pre.parse_known_args(argv)
+        path = known.config or known.stage_config or str(SAMPLE_CONFIG)
+        if not known.config:
+            argv = ["--config", path, *argv]
         cfg = super().from_args(argv, prog=prog, description=description)
-        if known.config and "--stage-config" not in argv:
-            cfg = cfg.replace(stage_config=known.config)
-        return cfg
+        return cfg.replace(stage_config=known.stage_config or path)
 
 
 def _is_date(s: str) -> bool:
@@ -130,13 +134,14 @@ def stage_function(stage: str):
     return getattr(importlib.import_module(module), fn)
 
 
-def stage_configs(cfg: NightlyConfig) -> dict[str, StageConfig]:
-    """Each stage's typed config: its YAML section, then the nightly options that every stage shares."""
+def stage_configs(cfg: NightlyConfig, stages: Sequence[str] | None = None) -> dict[str, StageConfig]:
+    """Each stage's typed config (all stages, or ``stages``): its YAML section, then the nightly
+    options that every stage shares."""
     sections = read_stage_sections(cfg.stage_config)
     shared = {"output": cfg.output, "run_date": cfg.run_date, "table_format": cfg.table_format}
     per_stage = {"build_sessions": {"input": cfg.input, "format": cfg.format}}
     out: dict[str, StageConfig] = {}
-    for stage in STAGES:
+    for stage in (STAGES if stages is None else stages):
         cls = stage_class(stage)
         base = cls.from_dict(sections[stage], source=f"{cfg.stage_config} [{stage}]")
         fields = cls.field_types()
@@ -153,13 +158,14 @@ def run_nightly(cfg: NightlyConfig, spark=None) -> dict[str, Any]:
     from pipelines.spark import get_spark
 
     cfg.validate_required()
-    configs = stage_configs(cfg)  # all parsed before anything runs: a bad option fails fast
     order = list(STAGES)
     todo = order[order.index(cfg.start_at):]
     if not cfg.evaluate:
         todo = [s for s in todo if s != "evaluate"]
+    configs = stage_configs(cfg, todo)  # all parsed before anything runs: a bad option fails fast
     if spark is None:
-        spark = get_spark("srgnn-nightly", master=cfg.spark_master or None, table_format=cfg.table_format)
+        spark = get_spark("srgnn-nightly", master=cfg.spark_master or None, table_format=cfg.table_format,
+                          shuffle_partitions=cfg.shuffle_partitions or None)
 
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -240,8 +246,8 @@ def format_summary(s: dict[str, Any]) -> str:
     for split in ("valid", "test"):
         m = s["metrics"].get(split)
         if m:
-            shown = "  ".join(f"{k.upper()} {100 * v:.2f}%" for k, v in sorted(m.items())
-                              if isinstance(v, (int, float)) and k.endswith("@20"))
+            shown = "  ".join(f"{k.upper()} {100 * m[k]:.2f}%" for k in ("hr@20", "mrr@20", "ndcg@20")
+                              if isinstance(m.get(k), (int, float)))
             lines.append(f"SR-GNN {split} metrics (best epoch on valid): {shown}")
     if s["evaluation"]:
         lines.append("evaluation at k=20 (all session lengths):")

@@ -94,11 +94,12 @@ def _tables(spark, root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def nightly_twice(spark, tmp_path_factory):
-    """The one local command on the sample (epochs cut to 2), run twice for the same run date.
+    """The one local command on the sample (2 epochs, 2 baselines to keep it short), run twice for the same run date.
     The first run's partitions are copied aside before the rerun, to compare with the second's."""
     tmp = tmp_path_factory.mktemp("nightly")
     sample = yaml.safe_load((ROOT / "conf" / "sample.yaml").read_text())
     sample["train"] = {**sample.get("train", {}), "epochs": 2, "progress": False}
+    sample["evaluate"] = {**(sample.get("evaluate") or {}), "baselines": ["pop", "sr"], "progress": False}
     conf = tmp / "sample_fast.yaml"
     conf.write_text(yaml.safe_dump(sample))
     out, first_copy = tmp / "out", tmp / "first"

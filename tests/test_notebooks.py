@@ -21,7 +21,7 @@ def sample_night(spark, sample_stage2, tmp_path_factory):
     out = tmp_path_factory.mktemp("notebooks") / "out"
     shutil.copytree(sample_stage2["output"], out)  # the shared fixture's tables stay untouched
     conf = out.parent / "conf.yaml"
-    conf.write_text("train:\n  epochs: 1\n  progress: false\n")
+    conf.write_text("train:\n  epochs: 1\n  progress: false\nevaluate:\n  baselines: [pop]\n  progress: false\n")
     cfg = NightlyConfig(output=str(out), run_date=sample_stage2["run_date"], stage_config=str(conf),
                         start_at="train", show_sessions=2)
     result = run_nightly(cfg, spark=spark)
