@@ -312,8 +312,9 @@ class VSKNNScorer(Scorer):
         b_all, p_all = np.nonzero(np.arange(items.shape[1])[None, :] < lengths[:, None])
         x_all = items[b_all, p_all].astype(np.int64)
         # pos_map: each distinct prefix item keeps the weight of its last click, i / length (1-based i)
+        L = items.shape[1]
         key = b_all * (self.n_items + 1) + x_all
-        order = np.lexsort((p_all, key))
+        order = np.argsort(key * L + p_all, kind="stable")          # by (row, item, position)
         last = np.ones(len(order), dtype=bool)
         last[:-1] = key[order][1:] != key[order][:-1]
         sel = order[last]
@@ -324,7 +325,7 @@ class VSKNNScorer(Scorer):
         owner, _, sess = _gather_csr(self.item_ptr, self.item_sessions, ux)
         cb, cw, cp = ub[owner], weight[owner], up[owner]
         key2 = cb * self.n_sessions + sess
-        order = np.lexsort((cp, key2))
+        order = np.argsort(key2 * L + cp, kind="stable")            # by (row, session, position)
         key2_sorted = key2[order]
         starts = np.flatnonzero(np.r_[True, key2_sorted[1:] != key2_sorted[:-1]])
         ends = np.r_[starts[1:], len(order)] - 1
@@ -337,8 +338,12 @@ class VSKNNScorer(Scorer):
         from_end = row_end[g_row] - np.arange(len(g_row)) - 1
         keep = from_end < self.sample
         g_row, g_sess, g_sim, g_last_pos = g_row[keep], g_sess[keep], g_sim[keep], g_last_pos[keep]
-        # the k most similar (ties: more recent session first)
-        order = np.lexsort((-g_sess, -g_sim, g_row))
+        # the k most similar (ties: more recent session first). One float sort key instead of a
+        # 3-key lexsort: 0 < sim <= 1, and two different sims of one row differ by at least
+        # 1 / (length * distinct items) >= 1 / L**2, far above float64 rounding; the groups are in
+        # (row, session asc) order, so a stable sort of the reversed keys puts newer sessions first.
+        key = (g_row * 2.0 + (1.0 - g_sim))[::-1]
+        order = len(key) - 1 - np.argsort(key, kind="stable")
         g_row, g_sess, g_sim, g_last_pos = g_row[order], g_sess[order], g_sim[order], g_last_pos[order]
         per_row = np.bincount(g_row, minlength=len(lengths))
         rank = np.arange(len(g_row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
