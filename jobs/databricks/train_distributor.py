@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     get_spark("srgnn-train")  # TorchDistributor needs the active SparkSession
     result = TorchDistributor(num_processes=ns.num_processes, local_mode=True,
                               use_gpu=not ns.cpu).run(_train, cfg)
-    print(result)
+    test = result["metrics"].get("test", {})
+    print(f"exported {result['export_dir']} (best epoch {result['best_epoch']} of {result['epochs_run']}, "
+          f"{result['world_size']} processes); test " +
+          " ".join(f"{k} {test[k]:.4f}" for k in ("hr@20", "mrr@20", "ndcg@20") if k in test))
 
 
 if __name__ == "__main__":
