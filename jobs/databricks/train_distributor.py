@@ -4,8 +4,9 @@
 
 ``pyspark.ml.torch.distributor.TorchDistributor`` (in the ML runtimes) starts ``--num-processes``
 processes on the driver node (``local_mode=True``, a single-node GPU cluster) with the torchrun
-environment (RANK, WORLD_SIZE, MASTER_ADDR, ...); each runs ``train_job(cfg)``, which picks nccl on
-CUDA. Every other option is stage 3's own (``srgnn.distributed.TrainJobConfig``, section ``train``).
+environment (RANK, WORLD_SIZE, MASTER_ADDR, ...); each runs ``srgnn.distributed.distributor_train``
+(= ``train_job(cfg)``, nccl on CUDA), through ``srgnn.distributed.run_with_torch_distributor``. Every other option is stage 3's own
+(``srgnn.distributed.TrainJobConfig``, section ``train``).
 Outside Databricks use ``torchrun --nproc_per_node=N jobs/train.py ...`` instead.
 """
 from __future__ import annotations
@@ -19,14 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.cli import run_job  # noqa: E402
 
 
-def _train(cfg):
-    from srgnn.distributed import train_job
-
-    return train_job(cfg)
-
-
 def main(argv: list[str] | None = None) -> None:
-    from srgnn.distributed import TrainJobConfig
+    from srgnn.distributed import TrainJobConfig, run_with_torch_distributor
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--num-processes", type=int, default=1,
@@ -36,11 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainJobConfig.from_args(rest, prog="train_distributor.py")
 
     from pipelines.spark import get_spark
-    from pyspark.ml.torch.distributor import TorchDistributor
 
     get_spark("srgnn-train")  # TorchDistributor needs the active SparkSession
-    result = TorchDistributor(num_processes=ns.num_processes, local_mode=True,
-                              use_gpu=not ns.cpu).run(_train, cfg)
+    result = run_with_torch_distributor(cfg, num_processes=ns.num_processes, use_gpu=not ns.cpu,
+                                        local_mode=True)
     test = result["metrics"].get("test", {})
     print(f"exported {result['export_dir']} (best epoch {result['best_epoch']} of {result['epochs_run']}, "
           f"{result['world_size']} processes); test " +
