@@ -256,7 +256,8 @@ def format_summary(s: dict[str, Any]) -> str:
             by_model.setdefault(r["model"], {})[r["metric"]] = r["value"]
         for model, ms in by_model.items():
             lines.append(f"  {model:<12} " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in sorted(ms.items())))
-    lines.append(f"recommendations of {len(s['examples'])} sessions (top {max((len(e['recommended']) for e in s['examples']), default=0)}):")
+    top = max((len(e["recommended"]) for e in s["examples"]), default=0)
+    lines.append(f"recommendations of {len(s['examples'])} sessions (top {top}):")
     for e in s["examples"]:
         lines.append(f"  session {e['session_id']}: clicked {' '.join(e['clicks'])}")
         lines.append("    -> " + ", ".join(f"{item} ({score:.3f}{'' if src == 'model' else ', ' + src})"
