@@ -8,7 +8,8 @@ For each size: writes ``bench/_data/yc_<n>.dat`` with bench/synth.py if absent (
 as a real run) and samples the RSS of the whole process tree (Python driver + JVM + Python
 workers) every 0.2 s. Prints the machine (nproc, CPU model, load average), then per size:
 wall time of the job process (JVM start included), the stage's own time (from its stats),
-clicks/s on both, peak RSS, and the stage's per-step seconds; last, the ratio of clicks/s at the
+clicks/s on both, peak RSS, CPU seconds of the process tree (less sensitive to a shared machine
+than wall time), and the stage's per-step wall and driver-JVM CPU seconds; last, the ratio of clicks/s at the
 largest size to the smallest (target: within 20%), and the target 10M < 120 s.
 """
 from __future__ import annotations
@@ -61,6 +62,7 @@ class PeakRSS:
 
     def __init__(self, pid: int, interval: float = 0.2):
         self.proc, self.interval, self.peak = psutil.Process(pid), interval, 0
+        self.cpu: dict[int, float] = {}   # latest user+system CPU seconds per process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -72,6 +74,8 @@ class PeakRSS:
                 for p in procs:
                     try:
                         total += p.memory_info().rss
+                        t = p.cpu_times()
+                        self.cpu[p.pid] = t.user + t.system
                     except psutil.Error:
                         pass
                 self.peak = max(self.peak, total)
@@ -101,7 +105,7 @@ def run_stage1(path: Path, out: Path, master: str, driver_memory: str, shuffle_p
     if proc.returncode != 0:
         raise SystemExit(f"stage 1 failed on {path} (exit {proc.returncode}):\n{stderr[-3000:]}")
     stats = json.loads(stdout)
-    return {"wall_s": wall, "peak_rss_gib": mem.peak / 2 ** 30, "stats": stats}
+    return {"wall_s": wall, "peak_rss_gib": mem.peak / 2 ** 30, "cpu_s": sum(mem.cpu.values()), "stats": stats}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,11 +131,13 @@ def main(argv: list[str] | None = None) -> None:
         results[n] = {"clicks_per_s_stage": n / stage_s, "clicks_per_s_wall": n / r["wall_s"]}
         print(f"clicks={n} wall_s={r['wall_s']:.1f} stage_s={stage_s:.1f} "
               f"clicks_per_s_wall={n / r['wall_s']:,.0f} clicks_per_s_stage={n / stage_s:,.0f} "
-              f"peak_rss_gib={r['peak_rss_gib']:.2f} load_avg_after={os.getloadavg()[0]:.1f}", flush=True)
+              f"peak_rss_gib={r['peak_rss_gib']:.2f} cpu_s={r['cpu_s']:.1f} "
+              f"load_avg_after={os.getloadavg()[0]:.1f}", flush=True)
         print(f"  train_sessions={st['train_sessions']} test_sessions={st['test_sessions']} "
               f"n_items={st['n_items']} train_pairs={st['train_pairs']} quarantined={st['rows_quarantined']}",
               flush=True)
         print(f"  step_seconds={json.dumps(st['step_seconds'])}", flush=True)
+        print(f"  step_driver_jvm_cpu_seconds={json.dumps(st['step_driver_jvm_cpu_seconds'])}", flush=True)
     if len(sizes) > 1:
         lo, hi = min(sizes), max(sizes)
         for kind in ("stage", "wall"):

@@ -344,6 +344,15 @@ def _iso(seconds: int | None, fmt: str) -> str | None:
     return t.date().isoformat() if fmt == "diginetica" and seconds % _DAY_S == 0 else t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _jvm_cpu_s(spark: SparkSession) -> float:
+    """CPU seconds used so far by the driver JVM (in local mode: all executor threads too)."""
+    try:
+        info = spark._jvm.java.lang.ProcessHandle.current().info().totalCpuDuration()
+        return info.get().toMillis() / 1000.0 if info.isPresent() else 0.0
+    except Exception:  # not a local JVM (Spark Connect / restricted clusters)
+        return 0.0
+
+
 def _row(df: DataFrame, *aggs) -> dict:
     return df.agg(*aggs).collect()[0].asDict()
 
@@ -357,13 +366,15 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
     min_len = cfg.min_session_length
     cached: list[DataFrame] = []
     timings: dict[str, float] = {}
-    t_step = [time.perf_counter()]
+    cpu: dict[str, float] = {}
+    t_step = [time.perf_counter(), _jvm_cpu_s(spark)]
 
     def lap(step: str) -> None:
-        now = time.perf_counter()
+        now, now_cpu = time.perf_counter(), _jvm_cpu_s(spark)
         timings[step] = round(now - t_step[0], 2)
-        t_step[0] = now
-        log.info("step %s done in %.1f s", step, timings[step])
+        cpu[step] = round(now_cpu - t_step[1], 2)
+        t_step[:] = [now, now_cpu]
+        log.info("step %s done in %.1f s (driver JVM CPU %.1f s)", step, timings[step], cpu[step])
 
     def keep(df: DataFrame) -> DataFrame:
         cached.append(df.cache())
@@ -371,7 +382,8 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
 
     try:
         # 1. rows: quarantined by reason, valid (one pass)
-        parsed, by_reason = sources.resolve_headers(keep(read_parsed(spark, cfg)))
+        parsed, by_reason = sources.resolve_headers(
+            keep(sources.raw_only_when_quarantined(read_parsed(spark, cfg))))
         n_valid = by_reason.pop(None, 0)
         rows_read = n_valid + sum(by_reason.values())
         log.info("read %d rows from %s: %d valid, %d quarantined %s", rows_read, cfg.input,
@@ -499,6 +511,7 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
             "event_types": list(cfg.event_types) if cfg.format == "events" else None,
             "seconds": round(time.perf_counter() - t_start, 2),
             "step_seconds": timings,
+            "step_driver_jvm_cpu_seconds": cpu,   # local mode: the executors' work too
         }
         path = write_json_atomic(stats_path(cfg.output, cfg.run_date), stats)
         log.info("stage 1: %d train / %d test sessions, %d items, %d train / %d test pairs, "

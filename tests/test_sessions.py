@@ -338,7 +338,9 @@ def test_spark_submit_job_on_the_sample(tmp_path, sample_csv):
          "--run-date", "2016-06-01"],
         capture_output=True, text=True, timeout=600, env=_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    stats = json.loads(proc.stdout)
+    # under spark-submit the driver's stderr (logs) is merged into stdout: the stats are the last block
+    lines = proc.stdout.splitlines()
+    stats = json.loads("\n".join(lines[lines.index("{"):]))
     assert (stats["train_sessions"], stats["test_sessions"], stats["n_items"]) == (469, 39, 309)
     assert read_json(stats_path(str(out), "2016-06-01")) == stats
     for table in ("sessions", "item_vocab", "quarantine"):
