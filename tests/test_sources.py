@@ -180,3 +180,14 @@ def test_sessionize_events_cuts_at_gaps_per_user(spark):
     got = sources.sessionize_events(events, 30).orderBy("pos").collect()
     assert [r.session_id for r in got] == ["u#1", "u#1", "v#1", "u#2", "u#2"]
     assert [r.time_s for r in got] == [0, 1800, 0, 3600, 3600]
+
+
+def test_bom_and_crlf_file_parses_with_its_header_dropped(spark, tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfsession_id;user_id;item_id;timeframe;eventdate\r\n"
+                     b"1;NA;5;1;2016-01-01\r\n1;NA;6;2;2016-01-02\r\n")
+    cfg = SessionsConfig(input=str(path), format="diginetica", output=str(tmp_path / "o"), run_date=RUN_DATE)
+    rows, counts = parsed_rows(spark, cfg)
+    assert counts == {None: 2}
+    assert [(r.session_id, r.item_id, r.click_key, r.time_s) for r in rows] == [
+        ("1", "5", 1, 1451606400), ("1", "6", 2, 1451692800)]
