@@ -552,6 +552,10 @@ class Tracker:
         import mlflow
         self.mlflow = mlflow
         self.uri = uri
+        # mlflow.set_tracking_uri / set_experiment also export MLFLOW_TRACKING_URI and
+        # MLFLOW_EXPERIMENT_ID to os.environ: put them back when the run ends, or the next
+        # train_job in this process (a notebook, the nightly run, a test) would log to this OUT.
+        self._saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
         mlflow.set_tracking_uri(uri)
         self.experiment = cfg.mlflow_experiment
 
@@ -582,10 +586,22 @@ class Tracker:
             self.mlflow.log_artifacts(export_dir, artifact_path="model")
         self.mlflow.set_tags(tags)
         self.mlflow.end_run()
+        self._restore_environment()
 
     def fail(self) -> None:
-        if self.mlflow is not None and self.mlflow.active_run() is not None:
-            self.mlflow.end_run(status="FAILED")
+        if self.mlflow is not None:
+            if self.mlflow.active_run() is not None:
+                self.mlflow.end_run(status="FAILED")
+            self._restore_environment()
+
+    def _restore_environment(self) -> None:
+        saved = self._saved_env
+        self.mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None unsets it
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # =============================================================================================

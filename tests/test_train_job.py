@@ -121,7 +121,11 @@ def test_early_stopping_exports_best_epoch_and_logs_mlflow(tmp_path):
     # lr = 0: no epoch can beat epoch 1, so patience 2 stops after epoch 3 and epoch 1 is exported
     cfg = small_config(tmp_path, epochs=6, lr=0.0, patience=2, mlflow_tracking_uri="",
                        mlflow_experiment="stage3-test")
+    env_before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
     result = train_job(cfg)
+    # MLflow exports its tracking URI to os.environ; the job puts it back, so a later train_job
+    # in the same process (notebook, nightly, this suite) logs to its own OUT, not this one.
+    assert {k: os.environ.get(k) for k in env_before} == env_before
     assert result["stopped_early"] and result["epochs_run"] == 3 and result["best_epoch"] == 1
 
     config = json.loads((_model_dir(tmp_path) / "config.json").read_text())
