@@ -24,6 +24,17 @@ from pipelines.errors import ConfigError
 C = TypeVar("C", bound="StageConfig")
 
 
+def load_yaml_mapping(path: str | Path, expected: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (``expected`` names its shape in the error), or ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of {expected}")
+    return data
+
+
 def _base_type(tp: Any) -> Any:
     """Strip Optional[...] / X | None to X."""
     origin = typing.get_origin(tp)
@@ -88,12 +99,7 @@ class StageConfig:
 
     @classmethod
     def from_yaml(cls: type[C], path: str | Path) -> C:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path}: expected a mapping of option: value")
+        data = load_yaml_mapping(path, "option: value")
         # A shared YAML may hold several stages under their section names.
         section = getattr(cls, "yaml_section", None)
         if section and section in data and isinstance(data[section], dict):

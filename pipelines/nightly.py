@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 
-from pipelines.config import StageConfig, opt
+from pipelines.config import StageConfig, load_yaml_mapping, opt
 from pipelines.errors import ConfigError
 from pipelines.log import get_logger
 from pipelines.tables import FORMATS, TableStore, local_path, read_json
@@ -109,11 +108,7 @@ def _is_date(s: str) -> bool:
 def read_stage_sections(path: str | Path) -> dict[str, dict[str, Any]]:
     """The per-stage sections of the options YAML (unknown sections are an error)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of section: options")
+    data = load_yaml_mapping(path, "section: options")
     known = set(STAGES) | {"nightly"}
     unknown = sorted(set(data) - known)
     if unknown:
