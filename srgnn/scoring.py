@@ -4,10 +4,8 @@ Used inside Spark's Python workers by :mod:`pipelines.recommend` (one model per 
 cached here), and directly from tests and benchmarks.
 
 Ranking convention (the same as :mod:`srgnn.metrics`): items are ordered by score descending and,
-among equal scores, by item index ascending. ``torch.topk`` alone does not promise an order among
-ties, so :func:`top_k` re-orders inside the k it returns and, for the rare rows where the k-th
-score is tied with an item left outside (seen from a (k+1)-th score equal to the k-th), re-ranks
-that row with a stable full sort.
+among equal scores, by item index ascending: :func:`top_k` is the evaluation's own
+:func:`srgnn.metrics.ranked_top_k`, so the recommendations are the lists the metrics scored.
 """
 from __future__ import annotations
 
@@ -17,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from srgnn.metrics import ranked_top_k
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -70,25 +70,9 @@ def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[to
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top ``k`` scores per row and their column indices, ordered by (score desc, column asc)."""
-    n = scores.shape[1]
-    k = min(k, n)
-    # One more than asked: the (k+1)-th largest score is the best one left out, so a row has a tie
-    # across the boundary exactly when it equals the k-th (no extra pass over the score matrix).
-    values, cols = torch.topk(scores, min(k + 1, n), dim=1, largest=True, sorted=True)
-    tied = values[:, k] == values[:, k - 1] if k < n else None
-    values, cols = values[:, :k], cols[:, :k]
-    # Inside the k: put equal scores in column order (sort by column, then stable sort by score).
-    by_col = torch.argsort(cols, dim=1)
-    values, cols = values.gather(1, by_col), cols.gather(1, by_col)
-    by_score = torch.sort(values, dim=1, descending=True, stable=True).indices
-    values, cols = values.gather(1, by_score), cols.gather(1, by_score)
-    # Across the boundary: the lowest columns among those tied with the k-th win (full stable sort).
-    if tied is not None and bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        full = torch.sort(scores[rows], dim=1, descending=True, stable=True)
-        values[rows], cols[rows] = full.values[:, :k], full.indices[:, :k]
-    return values, cols
+    """Top ``k`` scores per row and their column indices, ordered by (score desc, column asc)
+    (the evaluation's own ranking, :func:`srgnn.metrics.ranked_top_k`)."""
+    return ranked_top_k(scores, k)
 
 
 def mask_seen(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from srgnn.metrics import MetricAccumulator, target_ranks, top_k_items, top_k_mask
+from srgnn.metrics import (MetricAccumulator, candidate_topk, ranked_top_k, target_ranks, top_k_items,
+                           top_k_mask)
 
 # 6 items (columns 0..5 = items 1..6)
 LOGITS = torch.tensor([
@@ -73,6 +74,36 @@ def test_raw_sums_merge_like_one_pass_and_empty_bucket_is_nan():
 def test_popularity_shape_is_checked():
     with pytest.raises(ValueError, match="popularity"):
         MetricAccumulator(6, popularity=torch.ones(5))
+
+
+@pytest.mark.parametrize("n", [1344, 5003, 40_000])
+def test_candidate_topk_returns_the_same_values_as_a_full_topk(n):
+    g = torch.Generator().manual_seed(n)
+    continuous = torch.randn(64, n, generator=g)
+    continuous[:8, : n // 2] = float("-inf")                       # masked (seen) items
+    continuous[8:16, -7:] = 100.0                                  # winners in the tail columns
+    ties = torch.randint(0, 5, (64, n), generator=g).float()       # ties everywhere
+    spiked = torch.zeros(64, n)
+    spiked[torch.arange(64), torch.randint(0, n, (64,), generator=g)] = 1.0   # one winner per row
+    for logits in (continuous, ties, spiked):
+        for m in (1, 21):
+            vals, cols = candidate_topk(logits, m)
+            ref = logits.topk(m, dim=1).values
+            assert torch.equal(vals, ref)
+            assert torch.equal(logits.gather(1, cols), vals)
+            assert bool((cols.sort(1).values.diff(1) > 0).all())      # distinct columns
+
+
+def test_ranked_top_k_matches_the_rule_on_a_large_catalog():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randint(0, 50, (40, 3001), generator=g).float()  # ties inside and at the k-th
+    vals, cols = ranked_top_k(logits, 20)
+    order = sorted(range(3001), key=lambda j: (-logits[0, j].item(), j))[:20]
+    assert cols[0].tolist() == order
+    for row in range(40):
+        ranks = target_ranks(logits[row:row + 1].expand(20, -1), cols[row] + 1)
+        assert ranks.tolist() == list(range(1, 21))
+    assert torch.equal(logits.gather(1, cols), vals)
 
 
 def test_top_k_items_order_and_ties_match_the_mask():
