@@ -252,6 +252,25 @@ def test_fused_training_loss_equals_logits_cross_entropy():
     assert float(fused_grads[0][0].abs().sum()) == 0.0  # the padding row gets no gradient here
 
 
+@pytest.mark.parametrize("variant", ["srgnn", "fc"])
+def test_distinct_item_path_has_the_same_gradients_as_the_per_node_path(variant):
+    """The default path looks each distinct item up once (sparse lookup gradient) and projects it
+    once; static_shapes looks up every node slot (dense nn.Embedding gradient). Same loss, same
+    gradients, and the embedding's gradient is dense (fused Adam / DDP need that)."""
+    torch.manual_seed(4)
+    packed = SRGNN(ModelConfig(n_items=30, hidden_size=8, step=2, variant=variant))
+    per_node = SRGNN(ModelConfig(n_items=30, hidden_size=8, step=2, variant=variant, static_shapes=True))
+    per_node.load_state_dict(packed.state_dict())
+    lengths = torch.tensor([3, 6, 1, 5, 6])
+    items = torch.randint(1, 6, (5, 7)) * (torch.arange(7) < lengths[:, None])  # items repeat a lot
+    targets = torch.tensor([2, 30, 5, 5, 11])
+    for model in (packed, per_node):
+        model(items, lengths, targets=targets).backward()
+    assert packed.embedding.weight.grad.layout == torch.strided
+    for (name, a), b in zip(packed.named_parameters(), per_node.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_bad_lengths_are_named():
     from pipelines.errors import InputError
     with pytest.raises(InputError, match=r"lengths in \[0, 2\]"):
