@@ -66,7 +66,8 @@ class SessionGraph:
     node_offset: torch.Tensor    # int64 [B]: id of each session's first node
     click_node: torch.Tensor     # int64 [P]: node of each click (the official alias_inputs)
     click_session: torch.Tensor  # int64 [P]: session of each click
-    click_weight: torch.Tensor   # float32 [P]: 1 for real clicks, 0 for padding slots
+    click_weight: torch.Tensor | None  # float32 [P]: 1 for real clicks, 0 for padding slots (static
+    #                                  shapes only; None when every packed click is real)
     last_node: torch.Tensor      # int64 [B]: node of each session's last click (v_n)
     lengths: torch.Tensor        # int64 [B]
     A_in: SparseMatrix
@@ -158,7 +159,7 @@ def build_session_graph(items: torch.Tensor, lengths: torch.Tensor, ngc_w: torch
         click_weight = click_mask.flatten().float()
     else:
         click_node, click_session = alias[click_mask], session_of[click_mask]
-        click_weight = torch.ones(click_node.shape[0], device=device)
+        click_weight = None
     last_node = alias.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
 
     # A_s = [A_in ; A_out] from the consecutive clicks (repeated transitions once).

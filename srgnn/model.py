@@ -211,7 +211,9 @@ class SRGNN(nn.Module):
         s_l = hidden.index_select(0, g.last_node)                               # local embedding: last click v_n
         if self.cfg.readout == "last":
             return s_l
-        v = hidden.index_select(0, g.click_node) * g.click_weight.unsqueeze(1)  # v_i for every click (padding -> 0)
+        v = hidden.index_select(0, g.click_node)                               # v_i for every click
+        if g.click_weight is not None:                                          # (padding slots -> 0)
+            v = v * g.click_weight.unsqueeze(1)
         if self.cfg.readout == "avg":
             total = v.new_zeros((g.batch_size, v.shape[1])).index_add_(0, g.click_session, v)
             return total / g.lengths.unsqueeze(1).to(total.dtype)
