@@ -151,23 +151,37 @@ def _common_reasons(line, header_text: str | None, n_fields, n_expected: int):
                  .when(n_fields > n_expected, "too_many_columns"))
 
 
+# ---- delimited text: split once -------------------------------------------------------------
+def _split_once(lines: DataFrame, delimiter: str, fields: dict[str, int]) -> DataFrame:
+    """``lines`` plus ``_line`` (BOM stripped), ``_n`` (field count) and one column per named field.
+
+    The line is cleaned and split in their own projections: written as one nested expression,
+    the split (and the BOM test) would be repeated inside every branch of the reason chain and
+    evaluated again and again per row (subexpression elimination does not reach into CASE WHEN
+    branches); this way each runs once per row.
+    """
+    cleaned = lines.select("source", "line_id", "raw", _clean().alias("_line"))
+    split = cleaned.select("*", F.split("_line", _regex_quote(delimiter), -1).alias("_f"))
+    return split.select("source", "line_id", "raw", "_line", F.size("_f").alias("_n"),
+                        *[_field(F.col("_f"), i).alias(name) for name, i in fields.items()])
+
+
 # ---- diginetica -------------------------------------------------------------------------------
 def diginetica_clicks(lines: DataFrame, header: Sequence[str]) -> DataFrame:
     """Parse ``;``-separated diginetica lines. Clicks in a session are ordered by ``timeframe``
     (``click_key``); the session date is ``eventdate`` (midnight UTC, ``time_s``)."""
-    line = _clean()
-    fields = F.split(line, ";", -1)
     idx = {c: header.index(c) for c in ("session_id", "item_id", "timeframe", "eventdate")}
-    sid, item = _field(fields, idx["session_id"]), _field(fields, idx["item_id"])
-    timeframe, eventdate = _field(fields, idx["timeframe"]), _field(fields, idx["eventdate"])
-    day = eventdate.try_cast("date")      # time-zone free; null for 2016-02-30
-    reason = (_common_reasons(line, ";".join(header), F.size(fields), len(header))
+    staged = _split_once(lines, ";", {f"_{c}": i for c, i in idx.items()})
+    staged = staged.withColumn("_day", F.col("_eventdate").try_cast("date"))  # time-zone free; null for 2016-02-30
+    line, sid, item = F.col("_line"), F.col("_session_id"), F.col("_item_id")
+    timeframe, eventdate, day = F.col("_timeframe"), F.col("_eventdate"), F.col("_day")
+    reason = (_common_reasons(line, ";".join(header), F.col("_n"), len(header))
               .when(_blank(sid), "empty_session_id")
               .when(_blank(item), "empty_item_id")
               .when(~timeframe.rlike(r"^[+-]?\d{1,18}$"), "malformed_timeframe")
               .when(~eventdate.rlike(r"^\d{4}-\d{2}-\d{2}$"), "malformed_date")
               .when(day.isNull(), "invalid_date"))
-    return lines.select(
+    return staged.select(
         "source", "line_id", "raw", reason.alias("reason"),
         sid.alias("session_id"), item.alias("item_id"),
         timeframe.try_cast("long").alias("click_key"),
@@ -181,27 +195,25 @@ _DAY_S = 86_400
 
 
 def _utc_seconds(ts):
-    """Unix seconds of ``ts[:19]`` (``YYYY-MM-DDTHH:MM:SS``) read as UTC, by date cast + arithmetic
-    (time-zone free, cheaper than a formatter); null when the date or the time is not real."""
-    day = F.substring(ts, 1, 10).try_cast("date")
-    hh, mm, ss = (F.substring(ts, i, 2).try_cast("int") for i in (12, 15, 18))
-    ok = day.isNotNull() & (hh < 24) & (mm < 60) & (ss < 60)
-    return F.when(ok, F.unix_date(day).cast("long") * _DAY_S + hh * 3600 + mm * 60 + ss)
+    """Unix seconds of ``ts[:19]`` (``YYYY-MM-DDTHH:MM:SS``) read as UTC; null when the date or
+    the time is not real (2014-02-30, 25:00:00, 23:59:60). A cast to TIMESTAMP_NTZ (no time zone
+    involved: the session time zone does not matter) and ``unix_timestamp`` of it: one substring
+    and one parse per row, no formatter."""
+    return F.unix_timestamp(F.substring(ts, 1, 19).try_cast("timestamp_ntz"))
 
 
 def yoochoose_clicks(lines: DataFrame) -> DataFrame:
     """Parse ``session_id,timestamp,item_id,category`` lines (no header). Clicks keep file order;
     the time is ``timestamp[:19]`` read as UTC, as the official code does."""
-    line = _clean()
-    fields = F.split(line, ",", -1)
-    sid, ts, item = _field(fields, 0), _field(fields, 1), _field(fields, 2)
-    t = _utc_seconds(ts)
-    reason = (_common_reasons(line, ",".join(YOOCHOOSE_COLUMNS), F.size(fields), len(YOOCHOOSE_COLUMNS))
+    staged = _split_once(lines, ",", {"_sid": 0, "_ts": 1, "_item": 2})
+    staged = staged.withColumn("_t", _utc_seconds(F.col("_ts")))
+    line, sid, ts, item, t = (F.col(c) for c in ("_line", "_sid", "_ts", "_item", "_t"))
+    reason = (_common_reasons(line, ",".join(YOOCHOOSE_COLUMNS), F.col("_n"), len(YOOCHOOSE_COLUMNS))
               .when(_blank(sid), "empty_session_id")
               .when(_blank(item), "empty_item_id")
               .when(~ts.rlike(_ISO_Z), "malformed_date")
               .when(t.isNull(), "invalid_date"))
-    return lines.select(
+    return staged.select(
         "source", "line_id", "raw", reason.alias("reason"),
         sid.alias("session_id"), item.alias("item_id"),
         F.lit(None).cast("long").alias("click_key"),   # file order: set to pos later

@@ -191,3 +191,29 @@ def test_bom_and_crlf_file_parses_with_its_header_dropped(spark, tmp_path):
     assert counts == {None: 2}
     assert [(r.session_id, r.item_id, r.click_key, r.time_s) for r in rows] == [
         ("1", "5", 1, 1451606400), ("1", "6", 2, 1451692800)]
+
+
+def test_yoochoose_time_is_utc_seconds_of_first_19_chars_in_any_session_zone(spark):
+    """``timestamp[:19]`` read as UTC whatever the session time zone; null when not a real time."""
+    import datetime as dt
+    values = ["2014-04-01T00:00:04.977Z", "2014-04-01T00:00:04", "1969-12-31T23:59:59.5Z",
+              "2016-02-29T12:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+              "2014-02-30T00:00:00Z", "2014-04-01T25:00:00Z", "2014-04-01T23:60:00Z",
+              "2014-04-01T23:59:60Z", "2014-13-01T00:00:00Z"]
+
+    def expected(v):
+        try:
+            t = dt.datetime.strptime(v[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            return None
+        return int((t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds())
+
+    df = spark.createDataFrame([(v,) for v in values], "ts string")
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    try:
+        for tz in ("UTC", "America/Los_Angeles", "Asia/Kolkata"):
+            spark.conf.set("spark.sql.session.timeZone", tz)
+            got = {r.ts: r.t for r in df.select("ts", sources._utc_seconds(F.col("ts")).alias("t")).collect()}
+            assert got == {v: expected(v) for v in values}, tz
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
