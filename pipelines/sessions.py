@@ -26,6 +26,7 @@ import datetime as dt
 import math
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -44,6 +45,10 @@ FORMATS = ("diginetica", "yoochoose", "events")
 DEFAULT_SPLIT_DAYS = {"diginetica": 7, "yoochoose": 1, "events": 1}
 STATS_NAME = "build_sessions.json"
 _DAY_S = 86_400
+# Session settings while stage 1 runs (restored afterwards). Every cached frame here is built once
+# and scanned a few times; gathering the columnar compression statistics (a boxed hash-map probe
+# per value, column and scheme) cost about a fifth of the stage's CPU, more than it saves.
+STAGE_CONF = {"spark.sql.inMemoryColumnarStorage.compressed": "false"}
 
 
 @dataclass
@@ -265,13 +270,34 @@ def split_sessions(sessions: DataFrame, split_s: int, inclusive: bool) -> DataFr
     return sessions.withColumn("split", split).where(F.col("split").isNotNull())
 
 
-def item_vocabulary(sessions: DataFrame, support: DataFrame) -> DataFrame:
+def order_key_bits(time_min: int, time_max: int, pos_max: int, len_max: int) -> tuple[int, int, int] | None:
+    """Bit widths that pack ``(time_s - time_min, close_pos, i)`` into one non-negative long with
+    the same order as the tuple, or None when they do not fit in 63 bits."""
+    bits = ((int(time_max) - int(time_min)).bit_length(), int(pos_max).bit_length(),
+            max(int(len_max) - 1, 0).bit_length())
+    return bits if sum(bits) <= 63 else None
+
+
+def item_vocabulary(sessions: DataFrame, support: DataFrame,
+                    packing: tuple[int, tuple[int, int, int]] | None = None) -> DataFrame:
     """``item_id``, ``item_idx`` 1..N by first appearance walking the train sessions in the official
-    order (date, then first-close position), ``support``. One single-partition window over items."""
+    order (date, then first-close position), ``support``. One single-partition window over items.
+
+    ``packing`` = ``(time_min, (time_bits, pos_bits, i_bits))`` (see :func:`order_key_bits`, from
+    bounds of the train sessions' ``time_s``, ``close_pos`` and length): the first appearance is
+    then the min of one long per click, a hash aggregation, instead of the min of a struct, which
+    Spark can only aggregate by sorting every click by item id. Same result either way.
+    """
     train = sessions.where(F.col("split") == "train").select(
         "time_s", "close_pos", F.posexplode("items").alias("i", "item_id"))
-    first_seen = train.groupBy("item_id").agg(
-        F.min(F.struct("time_s", "close_pos", "i")).alias("_first"))
+    if packing is not None:
+        time_min, (_, pos_bits, i_bits) = packing
+        key = (F.shiftleft(F.col("time_s") - F.lit(int(time_min)), pos_bits + i_bits)
+               + F.shiftleft(F.col("close_pos"), i_bits) + F.col("i").cast("long"))
+        first_seen = train.groupBy("item_id").agg(F.min(key).alias("_first"))
+    else:
+        first_seen = train.groupBy("item_id").agg(
+            F.min(F.struct("time_s", "close_pos", "i")).alias("_first"))
     numbered = first_seen.withColumn("item_idx", F.row_number().over(Window.orderBy("_first")))
     return (numbered.join(support.select("item_id", "support"), "item_id")
                     .select("item_id", F.col("item_idx").cast("int"), F.col("support").cast("long")))
@@ -353,6 +379,22 @@ def _jvm_cpu_s(spark: SparkSession) -> float:
         return 0.0
 
 
+@contextmanager
+def _session_conf(spark: SparkSession, conf: dict[str, str]):
+    """Set SQL settings for the duration of the block, then put the previous values back."""
+    old = {k: spark.conf.get(k, None) for k in conf}
+    for k, v in conf.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
 def _row(df: DataFrame, *aggs) -> dict:
     return df.agg(*aggs).collect()[0].asDict()
 
@@ -361,6 +403,11 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
     """Run stage 1 for ``cfg``; write the tables and the stats JSON; return the stats."""
     cfg.validate_required()
     cfg.validate()
+    with _session_conf(spark, STAGE_CONF):
+        return _build_sessions(spark, cfg)
+
+
+def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
     t_start = time.perf_counter()
     store = TableStore(cfg.output, cfg.table_format)
     min_len = cfg.min_session_length
@@ -379,6 +426,11 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
     def keep(df: DataFrame) -> DataFrame:
         cached.append(df.cache())
         return df
+
+    def release(df: DataFrame) -> None:
+        """Drop a cache whose dependants are all materialized (frees memory for the next ones)."""
+        df.unpersist()
+        cached.remove(df)
 
     try:
         # 1. rows: quarantined by reason, valid (one pass)
@@ -414,7 +466,9 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
         frequent = support.where(F.col("support") >= cfg.min_item_support)
         s2 = keep(sessions_with_frequent_items(s0.where(F.size("items") >= min_len), frequent, min_len))
         st2 = _row(s2, F.count(F.lit(1)).alias("sessions"), F.sum(F.size("items")).alias("clicks"),
-                   F.max("time_s").alias("max_time"))
+                   F.max("time_s").alias("max_time"), F.min("time_s").alias("min_time"),
+                   F.max("close_pos").alias("max_pos"), F.max(F.size("items")).alias("max_len"))
+        release(s0)   # s2 and support are built
         lap("frequent_items")
         if not st2["sessions"]:
             _write_empty(spark, store, cfg, quarantine)
@@ -427,7 +481,8 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
         max_time = int(st2["max_time"])
         split_s = max_time - _DAY_S * cfg.effective_split_days()
         s3 = split_sessions(s2, split_s, cfg.inclusive_split)
-        vocab = keep(item_vocabulary(s3, support))
+        bits = order_key_bits(st2["min_time"], max_time, st2["max_pos"], st2["max_len"])
+        vocab = keep(item_vocabulary(s3, support, (int(st2["min_time"]), bits) if bits else None))
         final = keep(indexed_sessions(s3, vocab))
         by_split = {r["split"]: r.asDict() for r in final.groupBy("split").agg(
             F.count(F.lit(1)).alias("sessions"),
@@ -439,11 +494,13 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
             F.max(F.array_max("item_idx")).alias("max_idx"),
         ).collect()}
         n_items = int(by_split.get("train", {}).get("max_idx") or 0)   # train items are 1..N
+        release(s2)   # final and vocab are built
         lap("split_and_vocab")
 
         # 5. official order, write
         kept = final.where(F.size("item_ids") >= min_len)
         ordered = with_dense_order(kept, ["time_s", "close_pos"], "session_order", cache=keep)
+        release(final)   # the sorted copy is built
         lap("official_order")
         store.write(quarantine, "quarantine", cfg.run_date)
         store.write(sessions_table(ordered), "sessions", cfg.run_date)

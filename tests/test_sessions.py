@@ -19,8 +19,9 @@ from pyspark.sql import functions as F
 
 from bench.synth import SynthConfig, generate_clicks
 from pipelines.errors import ConfigError
-from pipelines.sessions import (SessionsConfig, build_sessions, item_vocabulary, parse_fraction,
-                                sessions_from_clicks, split_sessions, stats_path, with_dense_order)
+from pipelines.sessions import (SessionsConfig, build_sessions, item_vocabulary, order_key_bits,
+                                parse_fraction, sessions_from_clicks, split_sessions, stats_path,
+                                with_dense_order)
 from pipelines.tables import TableStore, read_json
 from srgnn.data import augment_sessions
 
@@ -262,9 +263,17 @@ def test_item_vocabulary_first_appearance_in_official_order(spark):
          ("s3", "train", ["d"], 2, 3), ("s4", "test", ["e", "a"], 0, 0)],
         "session_id string, split string, items array<string>, time_s long, close_pos long")
     support = spark.createDataFrame([(i, 5) for i in "abcde"], "item_id string, support long")
+    expected = [("c", 1), ("b", 2), ("d", 3), ("a", 4)]
     got = item_vocabulary(sessions, support).orderBy("item_idx")
     # order: s2 (t=1), then s3 (t=2, close 3) before s1 (t=2, close 9); test items never numbered
-    assert [(r.item_id, r.item_idx) for r in got.collect()] == [("c", 1), ("b", 2), ("d", 3), ("a", 4)]
+    assert [(r.item_id, r.item_idx) for r in got.collect()] == expected
+    # the packed-long first appearance (a hash aggregation) gives the same numbering
+    bits = order_key_bits(1, 2, 9, 2)
+    assert bits == (1, 4, 1)
+    packed = item_vocabulary(sessions, support, (1, bits)).orderBy("item_idx")
+    assert [(r.item_id, r.item_idx, r.support) for r in packed.collect()] == \
+        [(r.item_id, r.item_idx, r.support) for r in got.collect()]
+    assert order_key_bits(-2**40, 2**40, 2**20, 2**4) is None       # 42 + 21 + 4 bits: struct min
 
 
 def test_with_dense_order_is_a_dense_position_across_partitions(spark):
