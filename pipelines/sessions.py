@@ -222,17 +222,17 @@ def sessions_from_clicks(clicks: DataFrame, date_rule: str = "last_row") -> Data
     """
     time_s = F.max_by("time_s", "pos") if date_rule == "last_row" else F.max("time_s")
     grouped = clicks.groupBy("session_id").agg(
-        F.array_sort(F.collect_list(F.struct("click_key", "pos", "item_id"))).alias("_clicks"),
+        F.sort_array(F.collect_list(F.struct("click_key", "pos", "item_id"))).alias("_clicks"),
         F.min("pos").alias("_pmin"),
         F.max("pos").alias("_pmax"),
         time_s.alias("time_s"),
     )
     contiguous = F.col("_pmax") - F.col("_pmin") + 1 == F.size("_clicks")
     close = F.when(contiguous, F.col("_pmax")).otherwise(
-        _first_block_end(F.array_sort(F.transform("_clicks", lambda c: c["pos"]))))
+        _first_block_end(F.sort_array(F.col("_clicks")["pos"])))
     return grouped.select(
         "session_id",
-        F.transform("_clicks", lambda c: c["item_id"]).alias("items"),
+        F.col("_clicks")["item_id"].alias("items"),
         "time_s",
         close.alias("close_pos"),
     )
@@ -254,9 +254,9 @@ def sessions_with_frequent_items(sessions: DataFrame, frequent: DataFrame,
                                F.posexplode("items").alias("i", "item_id"))
     kept = exploded.join(F.broadcast(frequent.select("item_id")), "item_id")
     regrouped = kept.groupBy("session_id", "time_s", "close_pos").agg(
-        F.array_sort(F.collect_list(F.struct("i", "item_id"))).alias("_items"))
+        F.sort_array(F.collect_list(F.struct("i", "item_id"))).alias("_items"))
     return (regrouped
-            .select("session_id", F.transform("_items", lambda c: c["item_id"]).alias("items"),
+            .select("session_id", F.col("_items")["item_id"].alias("items"),
                     "time_s", "close_pos")
             .where(F.size("items") >= min_session_length))
 
@@ -313,12 +313,12 @@ def indexed_sessions(sessions: DataFrame, vocab: DataFrame) -> DataFrame:
                                F.posexplode("items").alias("i", "item_id"))
     joined = exploded.join(F.broadcast(vocab.select("item_id", "item_idx")), "item_id", "left")
     regrouped = joined.groupBy("session_id", "split", "time_s", "close_pos", "n_before").agg(
-        F.array_sort(F.collect_list(F.struct("i", "item_id", "item_idx"))).alias("_clicks"))
+        F.sort_array(F.collect_list(F.struct("i", "item_id", "item_idx"))).alias("_clicks"))
     known = F.filter("_clicks", lambda c: c["item_idx"].isNotNull())
     return regrouped.select(
         "session_id", "split", "time_s", "close_pos", "n_before",
-        F.transform(known, lambda c: c["item_id"]).alias("item_ids"),
-        F.transform(known, lambda c: c["item_idx"]).alias("item_idx"),
+        known["item_id"].alias("item_ids"),
+        known["item_idx"].alias("item_idx"),
     )
 
 
