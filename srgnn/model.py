@@ -155,27 +155,6 @@ class FullCatalogCrossEntropy(torch.autograd.Function):
         return (p @ weight[1:]) * scale, grad_weight, None
 
 
-class EmbeddingRows(torch.autograd.Function):
-    """``weight[rows]`` with a sparse gradient (the looked-up rows only).
-
-    In training the full-catalog score product already gives the embedding a dense gradient; a
-    dense lookup gradient would zero-fill and add a second [n_items + 1, d] buffer every step
-    (the largest cost after the products at 40k items). A sparse one is added into the dense one
-    in place, so the parameter still ends with a dense gradient (fused Adam, DDP)."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows)
-        ctx.weight_shape = weight.shape
-        return weight.index_select(0, rows)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (rows,) = ctx.saved_tensors
-        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.weight_shape,
-                                       is_coalesced=True, check_invariants=False), None
-
-
 class SRGNN(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -235,7 +214,7 @@ class SRGNN(nn.Module):
             hidden = self.gnn(g, self.embedding(g.node_items))
         else:                                                   # ... from the batch's distinct items
             distinct, node_row = torch.unique(g.node_items, return_inverse=True)
-            hidden = self.gnn(g, EmbeddingRows.apply(self.embedding.weight, distinct), node_row)
+            hidden = self.gnn(g, self.embedding(distinct), node_row)
         return self.readout(g, hidden)
 
     def forward(self, items: torch.Tensor, lengths: torch.Tensor, ngc_w: torch.Tensor | None = None,

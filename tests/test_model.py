@@ -255,9 +255,8 @@ def test_fused_training_loss_equals_logits_cross_entropy():
 
 @pytest.mark.parametrize("variant", ["srgnn", "fc"])
 def test_distinct_item_path_has_the_same_gradients_as_the_per_node_path(variant):
-    """The default path looks each distinct item up once (sparse lookup gradient) and projects it
-    once; static_shapes looks up every node slot (dense nn.Embedding gradient). Same loss, same
-    gradients, and the embedding's gradient is dense (fused Adam / DDP need that)."""
+    """The default path looks each distinct item up once and projects it once; static_shapes looks
+    up and projects every node slot. Same loss, same gradients."""
     torch.manual_seed(4)
     packed = SRGNN(ModelConfig(n_items=30, hidden_size=8, step=2, variant=variant))
     per_node = SRGNN(ModelConfig(n_items=30, hidden_size=8, step=2, variant=variant, static_shapes=True))
