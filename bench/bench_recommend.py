@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=40_000)
     ap.add_argument("--hidden", type=int, default=100)
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=0, help="torch threads per Python worker (0 = auto)")
     ap.add_argument("--partitions", type=int, default=0, help="scoring partitions (0 = default parallelism)")
     ap.add_argument("--master", default="local[2]")

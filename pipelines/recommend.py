@@ -58,7 +58,8 @@ class RecommendConfig(StageConfig):
     session_id_col: str = opt("session_id", "session id column of --sessions")
     items_col: str = opt("item_ids", "column of --sessions holding the item ids in click order")
     k: int = opt(20, "recommendations per session")
-    batch_size: int = opt(512, "sessions per model call inside a Python worker")
+    batch_size: int = opt(128, "sessions per model call inside a Python worker (CPU: small keeps the "
+                                 "batch x n_items scores in cache; raise it on a GPU)")
     exclude_seen: bool = opt(False, "never recommend an item already in the session "
                                     "(off, as in the paper's evaluation)")
     max_len: int = opt(0, "clicks fed to the model, the last ones (0 = the model's max_len)")

@@ -95,7 +95,7 @@ def score_top_k(model: torch.nn.Module, items: torch.Tensor, lengths: torch.Tens
 
 
 def score_arrays(model: torch.nn.Module, items: np.ndarray, lengths: np.ndarray, k: int,
-                 batch_size: int = 512, device: torch.device | str = "cpu",
+                 batch_size: int = 128, device: torch.device | str = "cpu",
                  ngc_w: np.ndarray | None = None, exclude_seen: bool = False
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Score right-padded ``items`` [N, L] in batches; returns int32 [N, k'] indices and float32
