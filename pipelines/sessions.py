@@ -194,9 +194,11 @@ def _check_json_keys(spark, files, cols, event_types, expected) -> None:
             raise InputError(f"{f}: first record lacks {missing} (has {keys}); expected {expected}")
 
 
-def clicks_in_file_order(valid: DataFrame, cfg: SessionsConfig) -> DataFrame:
-    """Valid rows -> clicks ``session_id, item_id, click_key, time_s, pos`` (events: sessionized)."""
-    positioned = sources.with_file_positions(valid)
+def clicks_in_file_order(valid: DataFrame, cfg: SessionsConfig, segments: list | None = None) -> DataFrame:
+    """Valid rows -> clicks ``session_id, item_id, click_key, time_s, pos`` (events: sessionized).
+
+    ``segments``: see :func:`pipelines.sources.with_file_positions`."""
+    positioned = sources.with_file_positions(valid, segments)
     if cfg.format == "events":
         return sources.sessionize_events(positioned, cfg.gap_minutes)
     if cfg.format == "yoochoose":
@@ -434,7 +436,7 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
 
     try:
         # 1. rows: quarantined by reason, valid (one pass)
-        parsed, by_reason = sources.resolve_headers(
+        parsed, by_reason, segments = sources.resolve_headers_and_segments(
             keep(sources.raw_only_when_quarantined(read_parsed(spark, cfg))))
         n_valid = by_reason.pop(None, 0)
         rows_read = n_valid + sum(by_reason.values())
@@ -448,9 +450,10 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
             wanted = F.col("event_type").isin(list(cfg.event_types))
             n_type_filtered = int(_row(valid, F.sum(F.when(wanted, 0).otherwise(1)).alias("n"))["n"] or 0)
             valid = valid.where(F.coalesce(wanted, F.lit(False)))
+            segments = None   # counted before this filter: count the positions again
 
         # 2. sessions in file order, then drop short sessions
-        clicks = clicks_in_file_order(valid, cfg)
+        clicks = clicks_in_file_order(valid, cfg, segments)
         s0 = keep(sessions_from_clicks(clicks, "max_time" if cfg.format == "events" else "last_row"))
         support = keep(item_support(s0, min_len))
         st0 = _row(s0, F.count(F.lit(1)).alias("sessions"), F.sum(F.size("items")).alias("clicks"),

@@ -330,7 +330,18 @@ def resolve_headers(parsed: DataFrame) -> tuple[DataFrame, dict]:
 
     Returns the rows and their counts by reason (``None`` = valid), from one aggregation pass.
     """
-    per = (parsed.groupBy("source", "reason")
+    rows, counts, _ = resolve_headers_and_segments(parsed)
+    return rows, counts
+
+
+def resolve_headers_and_segments(parsed: DataFrame) -> tuple[DataFrame, dict, list[tuple]]:
+    """:func:`resolve_headers`, plus the valid rows' segments for :func:`with_file_positions`
+    (``(source, partition, first line_id, rows)``), counted in the same aggregation pass.
+
+    The segments hold only while the valid rows are exactly ``reason`` null in ``parsed``'s
+    partitions (no further filter before the positions).
+    """
+    per = (parsed.groupBy("source", "reason", F.spark_partition_id().alias("_pid"))
            .agg(F.count(F.lit(1)).alias("n"), F.min("line_id").alias("first"))
            .collect())
     first_line: dict[str, int] = {}
@@ -346,10 +357,12 @@ def resolve_headers(parsed: DataFrame) -> tuple[DataFrame, dict]:
         counts["repeated_header"] -= len(tops)
         if not counts["repeated_header"]:
             del counts["repeated_header"]
+    segments = [(r["source"], int(r["_pid"]), int(r["first"]), int(r["n"]))
+                for r in per if r["reason"] is None]
     is_header = F.coalesce(F.col("reason") == _HEADER, F.lit(False))
     is_top = F.col("line_id").isin(tops) if tops else F.lit(False)
     reason = F.when(is_header, F.lit("repeated_header")).otherwise(F.col("reason"))
-    return parsed.where(~(is_header & is_top)).withColumn("reason", reason), counts
+    return parsed.where(~(is_header & is_top)).withColumn("reason", reason), counts, segments
 
 
 def raw_only_when_quarantined(parsed: DataFrame) -> DataFrame:
@@ -367,24 +380,34 @@ def valid_rows(parsed: DataFrame) -> DataFrame:
     return parsed.where(F.col("reason").isNull()).drop("reason", "raw")
 
 
-def with_file_positions(valid: DataFrame) -> DataFrame:
+def with_file_positions(valid: DataFrame, segments: list[tuple] | None = None) -> DataFrame:
     """Add ``pos``: dense 0..N-1 over the valid rows in file order ``(source, line_id)``.
 
     A second ``monotonically_increasing_id`` after the filter is consecutive within each
     partition; a small per-(file, partition) offset table (collected, broadcast) makes it global.
     ``valid`` must come from a cached (or otherwise stable) DataFrame, so that recomputing the ids
-    gives the same numbers.
+    gives the same numbers. ``segments`` (from :func:`resolve_headers_and_segments` on the frame
+    ``valid`` was filtered from, with no other filter) saves the pass that counts them.
     """
     spark = valid.sparkSession
     v = (valid.withColumn("_vid", F.monotonically_increasing_id())
               .withColumn("_pid", F.shiftright("_vid", _PID_SHIFT)))
-    segs = (v.groupBy("source", "_pid")
-             .agg(F.min("_vid").alias("first"), F.count(F.lit(1)).alias("n"))
-             .collect())
+    if segments is None:
+        segs = [(s["source"], int(s["_pid"]), int(s["first"]), int(s["n"])) for s in
+                v.groupBy("source", "_pid")
+                 .agg(F.min("_vid").alias("first"), F.count(F.lit(1)).alias("n"))
+                 .collect()]
+    else:
+        # a partition's rows come file after file: its valid ids start at pid << 33 and run on
+        segs, next_vid = [], {}
+        for source, pid, first_line, n in sorted(segments, key=lambda s: (s[1], s[2])):
+            start = next_vid.get(pid, pid << _PID_SHIFT)
+            segs.append((source, pid, start, n))
+            next_vid[pid] = start + n
     rows, offset = [], 0
-    for s in sorted(segs, key=lambda r: (r["source"], r["first"])):
-        rows.append((s["source"], int(s["_pid"]), offset - int(s["first"])))
-        offset += int(s["n"])
+    for source, pid, first, n in sorted(segs, key=lambda s: (s[0], s[2])):
+        rows.append((source, pid, offset - first))
+        offset += n
     if not rows:
         return valid.withColumn("pos", F.lit(None).cast("long"))
     bases = spark.createDataFrame(rows, "source string, _pid long, _base long")

@@ -158,18 +158,26 @@ def test_file_positions_dense_over_valid_rows_across_files_and_splits(spark, tmp
         expected.append([ln.split(",")[0] + "/" + ln.split(",")[2] for ln in lines if not ln.startswith("bad")])
     expected = expected[1] + expected[0]
     cfg = SessionsConfig(input=str(d), format="yoochoose", output=str(tmp_path / "o"), run_date=RUN_DATE)
-    old = spark.conf.get("spark.sql.files.maxPartitionBytes")
-    spark.conf.set("spark.sql.files.maxPartitionBytes", "300")    # several splits per file
-    try:
-        parsed, counts = sources.resolve_headers(read_parsed(spark, cfg))
-        assert parsed.rdd.getNumPartitions() > 4
-        valid = sources.with_file_positions(sources.valid_rows(parsed)).collect()
-    finally:
-        spark.conf.set("spark.sql.files.maxPartitionBytes", old)
-    assert counts == {None: len(expected), "too_few_columns": 2 * 9}
-    got = sorted((r.pos, f"{r.session_id}/{r.item_id}") for r in valid)
-    assert [p for p, _ in got] == list(range(len(expected)))
-    assert [k for _, k in got] == expected
+    keys = ("spark.sql.files.maxPartitionBytes", "spark.sql.files.openCostInBytes")
+    old = {k: spark.conf.get(k) for k in keys}
+    # several splits per file; then both files packed into one partition
+    for conf, many in (({keys[0]: "300"}, True), ({keys[0]: "10000000", keys[1]: "0"}, False)):
+        for k, v in conf.items():
+            spark.conf.set(k, v)
+        try:
+            parsed, counts, segments = sources.resolve_headers_and_segments(read_parsed(spark, cfg))
+            assert (parsed.rdd.getNumPartitions() > 4) == many
+            valid = sources.with_file_positions(sources.valid_rows(parsed)).collect()
+            # the segments counted with the headers give the same positions without a second pass
+            valid_seg = sources.with_file_positions(sources.valid_rows(parsed), segments).collect()
+        finally:
+            for k, v in old.items():
+                spark.conf.set(k, v)
+        assert counts == {None: len(expected), "too_few_columns": 2 * 9}
+        got = sorted((r.pos, f"{r.session_id}/{r.item_id}") for r in valid)
+        assert [p for p, _ in got] == list(range(len(expected)))
+        assert [k for _, k in got] == expected
+        assert sorted((r.pos, f"{r.session_id}/{r.item_id}") for r in valid_seg) == got
 
 
 def test_sessionize_events_cuts_at_gaps_per_user(spark):
