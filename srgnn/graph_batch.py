@@ -50,10 +50,6 @@ class SparseMatrix:
         msg = self.vals.unsqueeze(1) * x.index_select(0, self.cols)
         return msg.new_zeros((self.n, x.shape[1])).index_add_(0, self.rows, msg)
 
-    def row_sums(self) -> torch.Tensor:
-        """``A 1``: [n] (1 for a node with edges in this matrix, 0 otherwise, once normalised)."""
-        return self.vals.new_zeros(self.n).index_add_(0, self.rows, self.vals)
-
     def to_dense(self) -> torch.Tensor:
         dense = torch.zeros(self.n, self.n, dtype=self.vals.dtype, device=self.vals.device)
         return dense.index_put_((self.rows, self.cols), self.vals, accumulate=True)

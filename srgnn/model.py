@@ -18,7 +18,7 @@ from torch import nn
 
 from pipelines.config import StageConfig, opt
 from pipelines.errors import ConfigError
-from srgnn.graph_batch import SessionGraph, SparseMatrix, build_session_graph
+from srgnn.graph_batch import SessionGraph, build_session_graph
 
 VARIANTS = ("srgnn", "ngc", "fc")
 READOUTS = ("hybrid", "att", "last", "avg")
@@ -50,23 +50,11 @@ class ModelConfig(StageConfig):
 
 
 class GNN(nn.Module):
-    """The gated graph network of Eq. 1-5 (a GRU cell fed by the in/out messages).
-
-    Eq. 1 is linear up to the gates, so its d x d edge transforms are folded into the gates' input
-    weights (the parameters keep the official names and shapes):
-
-        W_ih [A_in (V W_in^T + b_in) + b_iah ; A_out (V W_out^T + b_out) + b_oah]
-          = A_in (V (W_ih,in W_in)^T) + A_out (V (W_ih,out W_out)^T) + (A 1) terms + constants
-
-    so one product per state row, ``V [W_ih,in W_in ; W_ih,out W_out ; W_hh]^T``, feeds both the
-    messages and the hidden half of the gates (9 d^2 multiply-adds per row instead of 11 d^2).
-    At the first step a state row is an item's embedding, so the product runs once per distinct
-    item of the batch (``node_row`` maps nodes to those rows); later steps run it once per node.
-    """
+    """The gated graph network of Eq. 1-5 (a GRU cell fed by the in/out messages)."""
 
     def __init__(self, hidden_size: int, step: int = 1, full_connections: bool = False):
         super().__init__()
-        d, self.step, self.hidden_size = hidden_size, step, hidden_size
+        d, self.step = hidden_size, step
         n_blocks = 4 if full_connections else 2                 # [A_in ; A_out (; A_fc_in ; A_fc_out)]
         self.w_ih = nn.Parameter(torch.empty(3 * d, n_blocks * d))
         self.w_hh = nn.Parameter(torch.empty(3 * d, d))
@@ -82,37 +70,17 @@ class GNN(nn.Module):
             self.linear_edge_fc_in = nn.Linear(d, d, bias=True)
             self.linear_edge_fc_out = nn.Linear(d, d, bias=True)
 
-    def edge_blocks(self, g: SessionGraph) -> list[tuple[SparseMatrix, nn.Linear, torch.Tensor]]:
-        """(A, its edge transform, its bias) per block of the connection matrix A_s (Eq. 1)."""
-        blocks = [(g.A_in, self.linear_edge_in, self.b_iah), (g.A_out, self.linear_edge_out, self.b_oah)]
+    def cell(self, g: SessionGraph, hidden: torch.Tensor) -> torch.Tensor:
+        # Eq. 1: a = A_s [v_1 .. v_n]^T H + b, the in- and out-halves side by side
+        input_in = g.A_in @ self.linear_edge_in(hidden) + self.b_iah
+        input_out = g.A_out @ self.linear_edge_out(hidden) + self.b_oah
+        parts = [input_in, input_out]
         if g.A_fc_in is not None:
-            blocks += [(g.A_fc_in, self.linear_edge_fc_in, self.b_fc_in),
-                       (g.A_fc_out, self.linear_edge_fc_out, self.b_fc_out)]
-        return blocks
-
-    def cell(self, g: SessionGraph, states: torch.Tensor, node_row: torch.Tensor | None = None) -> torch.Tensor:
-        """One propagation step. ``states [R, d]``: node vectors, or with ``node_row [M]`` the
-        distinct rows the nodes read (node m's vector is ``states[node_row[m]]``)."""
-        d, blocks = self.hidden_size, self.edge_blocks(g)
-        n_proj = len(blocks) + 1
-        w_blocks = self.w_ih.split(d, dim=1)                    # W_ih's [3d, d] block per A block
-        weight = torch.cat([w @ lin.weight for w, (_, lin, _) in zip(w_blocks, blocks)] + [self.w_hh])
-        proj = (states @ weight.t()).view(-1, 3 * d)            # rows r * n_proj + j: block j of row r
-        rows = lambda idx: idx if node_row is None else node_row.index_select(0, idx)  # noqa: E731
-        # Eq. 1 + the input half of Eq. 2-4: sum over blocks of A (V W'^T), as one scatter of messages
-        src = torch.cat([rows(A.cols) * n_proj + j for j, (A, _, _) in enumerate(blocks)])
-        dst = torch.cat([A.rows for A, _, _ in blocks])
-        vals = torch.cat([A.vals for A, _, _ in blocks])
-        n_nodes = blocks[0][0].n
-        gi = proj.new_zeros((n_nodes, 3 * d)).index_add_(0, dst, vals.unsqueeze(1) * proj.index_select(0, src))
-        # ... + (A 1) W_ih,blk b_blk (the edge transforms' biases reach a node through its in-weights)
-        row_sums = torch.stack([A.row_sums() for A, _, _ in blocks], dim=1)        # [M, blocks]
-        edge_bias = torch.stack([w @ lin.bias for w, (_, lin, _) in zip(w_blocks, blocks)])  # [blocks, 3d]
-        const = self.b_ih + sum(w @ b for w, (_, _, b) in zip(w_blocks, blocks))  # W_ih [b_iah ; b_oah] + b_ih
-        gi = torch.addmm(gi + const, row_sums, edge_bias)
-        node_idx = torch.arange(n_nodes, device=states.device) if node_row is None else node_row
-        gh = proj.index_select(0, node_idx * n_proj + len(blocks)) + self.b_hh   # W_hh v + b_hh
-        hidden = states if node_row is None else states.index_select(0, node_row)
+            parts.append(g.A_fc_in @ self.linear_edge_fc_in(hidden) + self.b_fc_in)
+            parts.append(g.A_fc_out @ self.linear_edge_fc_out(hidden) + self.b_fc_out)
+        inputs = torch.cat(parts, dim=1)
+        gi = F.linear(inputs, self.w_ih, self.b_ih)
+        gh = F.linear(hidden, self.w_hh, self.b_hh)
         i_r, i_i, i_n = gi.chunk(3, dim=1)
         h_r, h_i, h_n = gh.chunk(3, dim=1)
         resetgate = torch.sigmoid(i_r + h_r)                    # Eq. 3: r
@@ -120,11 +88,10 @@ class GNN(nn.Module):
         newgate = torch.tanh(i_n + resetgate * h_n)             # Eq. 4: candidate state
         return newgate + updategate * (hidden - newgate)        # Eq. 5 (official form)
 
-    def forward(self, g: SessionGraph, states: torch.Tensor, node_row: torch.Tensor | None = None) -> torch.Tensor:
-        """Node vectors [M, d] after ``step`` steps from the initial ``states`` (see :meth:`cell`)."""
+    def forward(self, g: SessionGraph, hidden: torch.Tensor) -> torch.Tensor:
         for _ in range(self.step):
-            states, node_row = self.cell(g, states, node_row), None
-        return states
+            hidden = self.cell(g, hidden)
+        return hidden
 
 
 class FullCatalogCrossEntropy(torch.autograd.Function):
@@ -210,11 +177,8 @@ class SRGNN(nn.Module):
     def session_embedding(self, items: torch.Tensor, lengths: torch.Tensor,
                           ngc_w: torch.Tensor | None = None) -> torch.Tensor:
         g = self.session_graph(items, lengths, ngc_w)
-        if self.cfg.static_shapes:                              # node vectors v (packed [M, d])
-            hidden = self.gnn(g, self.embedding(g.node_items))
-        else:                                                   # ... from the batch's distinct items
-            distinct, node_row = torch.unique(g.node_items, return_inverse=True)
-            hidden = self.gnn(g, self.embedding(distinct), node_row)
+        hidden = self.embedding(g.node_items)                   # node vectors v (packed [M, d])
+        hidden = self.gnn(g, hidden)
         return self.readout(g, hidden)
 
     def forward(self, items: torch.Tensor, lengths: torch.Tensor, ngc_w: torch.Tensor | None = None,

@@ -254,9 +254,9 @@ def test_fused_training_loss_equals_logits_cross_entropy():
 
 
 @pytest.mark.parametrize("variant", ["srgnn", "fc"])
-def test_distinct_item_path_has_the_same_gradients_as_the_per_node_path(variant):
-    """The default path looks each distinct item up once and projects it once; static_shapes looks
-    up and projects every node slot. Same loss, same gradients."""
+def test_packed_path_has_the_same_gradients_as_the_static_shapes_path(variant):
+    """The default (packed, trimmed) graphs and static_shapes (B * L node slots, zero-weight
+    padding) give the same loss and the same gradients."""
     torch.manual_seed(4)
     packed = SRGNN(ModelConfig(n_items=30, hidden_size=8, step=2, variant=variant))
     per_node = SRGNN(ModelConfig(n_items=30, hidden_size=8, step=2, variant=variant, static_shapes=True))
