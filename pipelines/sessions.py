@@ -44,7 +44,6 @@ log = get_logger(__name__)
 FORMATS = ("diginetica", "yoochoose", "events")
 DEFAULT_SPLIT_DAYS = {"diginetica": 7, "yoochoose": 1, "events": 1}
 STATS_NAME = "build_sessions.json"
-_DAY_S = 86_400
 # Session settings while stage 1 runs (restored afterwards). Every cached frame here is built once
 # and scanned a few times; gathering the columnar compression statistics (a boxed hash-map probe
 # per value, column and scheme) cost about a fifth of the stage's CPU, more than it saves.
@@ -122,7 +121,7 @@ def parse_fraction(text: str | float) -> float:
 # ---- reading ----------------------------------------------------------------------------------
 def read_parsed(spark: SparkSession, cfg: SessionsConfig) -> DataFrame:
     """All input rows parsed, with ``reason`` null (a click), a quarantine reason, or the internal
-    header marker (see :func:`pipelines.sources.resolve_headers`).
+    header marker (see :func:`pipelines.sources.resolve_headers_and_segments`).
 
     Checks paths and columns first (InputError naming the path and the expected columns).
     """
@@ -356,7 +355,7 @@ def sessions_table(final: DataFrame) -> DataFrame:
     """The exact ``sessions`` contract columns."""
     return final.select(
         "session_id",
-        F.date_from_unix_date(F.floor(F.col("time_s") / _DAY_S).cast("int")).alias("session_date"),
+        F.date_from_unix_date(F.floor(F.col("time_s") / sources.DAY_S).cast("int")).alias("session_date"),
         "split",
         "item_ids",
         F.col("item_idx").cast("array<int>").alias("item_idx"),
@@ -369,7 +368,9 @@ def _iso(seconds: int | None, fmt: str) -> str | None:
     if seconds is None:
         return None
     t = dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
-    return t.date().isoformat() if fmt == "diginetica" and seconds % _DAY_S == 0 else t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if fmt == "diginetica" and seconds % sources.DAY_S == 0:
+        return t.date().isoformat()
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _jvm_cpu_s(spark: SparkSession) -> float:
@@ -482,7 +483,7 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
 
         # 4. split by date, vocabulary from the train sessions in official order
         max_time = int(st2["max_time"])
-        split_s = max_time - _DAY_S * cfg.effective_split_days()
+        split_s = max_time - sources.DAY_S * cfg.effective_split_days()
         s3 = split_sessions(s2, split_s, cfg.inclusive_split)
         bits = order_key_bits(st2["min_time"], max_time, st2["max_pos"], st2["max_len"])
         vocab = keep(item_vocabulary(s3, support, (int(st2["min_time"]), bits) if bits else None))

@@ -49,6 +49,7 @@ REASONS = (
 )
 _HEADER = "_header"        # internal marker: a line equal to the header, resolved later
 _PID_SHIFT = 33            # monotonically_increasing_id = partition index << 33 | row in partition
+DAY_S = 86_400
 
 
 # ---- files ------------------------------------------------------------------------------------
@@ -185,13 +186,12 @@ def diginetica_clicks(lines: DataFrame, header: Sequence[str]) -> DataFrame:
         "source", "line_id", "raw", reason.alias("reason"),
         sid.alias("session_id"), item.alias("item_id"),
         timeframe.try_cast("long").alias("click_key"),
-        (F.unix_date(day).cast("long") * _DAY_S).alias("time_s"),
+        (F.unix_date(day).cast("long") * DAY_S).alias("time_s"),
     )
 
 
 # ---- yoochoose --------------------------------------------------------------------------------
 _ISO_Z = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z?$"
-_DAY_S = 86_400
 
 
 def _utc_seconds(ts):
@@ -324,21 +324,13 @@ def _regex_quote(s: str) -> str:
 
 
 # ---- headers, quarantine, positions -----------------------------------------------------------
-def resolve_headers(parsed: DataFrame) -> tuple[DataFrame, dict]:
+def resolve_headers_and_segments(parsed: DataFrame) -> tuple[DataFrame, dict, list[tuple]]:
     """A line equal to the header is its file's header when it is the file's first line (dropped:
     not a row), else ``repeated_header`` (quarantined).
 
-    Returns the rows and their counts by reason (``None`` = valid), from one aggregation pass.
-    """
-    rows, counts, _ = resolve_headers_and_segments(parsed)
-    return rows, counts
-
-
-def resolve_headers_and_segments(parsed: DataFrame) -> tuple[DataFrame, dict, list[tuple]]:
-    """:func:`resolve_headers`, plus the valid rows' segments for :func:`with_file_positions`
-    (``(source, partition, first line_id, rows)``), counted in the same aggregation pass.
-
-    The segments hold only while the valid rows are exactly ``reason`` null in ``parsed``'s
+    Returns the rows, their counts by reason (``None`` = valid) and the valid rows' segments for
+    :func:`with_file_positions` (``(source, partition, first line_id, rows)``), all from one
+    aggregation pass. The segments hold only while the valid rows are exactly ``reason`` null in ``parsed``'s
     partitions (no further filter before the positions).
     """
     per = (parsed.groupBy("source", "reason", F.spark_partition_id().alias("_pid"))

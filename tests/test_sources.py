@@ -21,7 +21,7 @@ def quarantine_of(spark, out):
 
 
 def parsed_rows(spark, cfg):
-    parsed, counts = sources.resolve_headers(read_parsed(spark, cfg))
+    parsed, counts, _ = sources.resolve_headers_and_segments(read_parsed(spark, cfg))
     return parsed.orderBy("source", "line_id").collect(), counts
 
 
