@@ -18,9 +18,12 @@ Modes:
 ``gpu`` (bench/gpu.sh calls it; ``--device cpu`` for a dry run)::
 
     python bench/bench_train_ddp.py --mode gpu --device cuda --pairs 719000 --items 43000
-    ->  per variant (srgnn, ngc, fc) x precision (fp32, bf16): one full epoch of the job's step
-        loop on device-resident batches (pairs/s, epoch seconds); torch.compile (static shapes);
-        then the whole job (Petastorm -> GPU, one epoch + evaluation) if Petastorm imports.
+    ->  the captured step (--cuda-graphs) against the same step run eagerly (losses, parameters);
+        one full epoch of the job's step loop on device-resident batches with the whole step as
+        one CUDA graph, per variant (srgnn fp32; srgnn, ngc, fc bf16); the eager step loop
+        (--eager-batches); the whole job (Petastorm -> GPU, one epoch + evaluation) with and
+        without graphs if Petastorm imports; torch.compile (inside the graph, and reduce-overhead).
+        --budget-s stops starting measurements once spent (a device lease is short).
 
 Every figure is measured in the run that prints it; the machine (nproc, CPU model, GPU) is printed.
 """
@@ -233,29 +236,43 @@ def batches_in_memory(shards: Path, batch_size: int, limit: int | None = None) -
 
 
 def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: str, variant: str = "srgnn",
-              bf16: bool = False, compile_: bool = False, warmup: int = 5) -> tuple[float, float, int]:
-    """The job's train_epoch over device-resident batches: (pairs/s, seconds, pairs)."""
+              bf16: bool = False, compile_: bool = False, warmup: int = 5, graphs: bool = False,
+              static: bool = False, compile_mode: str = "default") -> tuple[float, float, int]:
+    """The job's train_epoch over device-resident batches: (pairs/s, seconds, pairs).
+
+    ``graphs``: the whole step captured as one CUDA graph (srgnn.cuda_graphs, the job's
+    --cuda-graphs); ``compile_``: torch.compile of the model (static shapes), also under ``graphs``
+    (the compiled kernels are then captured with the rest of the step)."""
     import torch
+    from srgnn import cuda_graphs
     from srgnn.distributed import DistContext, TrainJobConfig, TrainState, build_model, train_epoch
 
     cfg = TrainJobConfig(output="/unused", run_date=RUN_DATE, variant=variant, hidden_size=hidden,
-                         batch_size=len(batches[0]), static_shapes=compile_, compile=compile_, bf16=bf16)
+                         batch_size=len(batches[0]), static_shapes=compile_ or static, bf16=bf16,
+                         cuda_graphs=graphs)
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(cfg, n_items, max_len).to(dev)
     raw = model
     if compile_:
-        model = torch.compile(model)
-    optimizer = torch.optim.Adam(raw.parameters(), lr=1e-3, weight_decay=1e-5)
-    ctx = DistContext(device=dev)
+        model = torch.compile(model, mode=compile_mode, dynamic=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and dev.type == "cuda" else None
+    graphed = None
+    if graphs:
+        optimizer = cuda_graphs.make_optimizer(raw.parameters(), 1e-3, 1e-5, dev)
+        graphed = cuda_graphs.GraphedTrainStep(model, optimizer, cfg.batch_size, max_len, variant, dev,
+                                               torch.bfloat16 if autocast is not None else None)
+    else:
+        optimizer = torch.optim.Adam(raw.parameters(), lr=1e-3, weight_decay=1e-5)
+    ctx = DistContext(device=dev)
     on_dev = [b.to(dev) for b in batches]
     sched = [len(b) for b in on_dev]
 
     def run(bs, sc):
-        train_epoch(model, optimizer, iter(bs), sc, sum(sc), ctx, cfg, max_len, TrainState(), autocast=autocast)
+        return train_epoch(model, optimizer, iter(bs), sc, sum(sc), ctx, cfg, max_len, TrainState(),
+                           autocast=autocast, graphed=graphed)
 
-    run(on_dev[:warmup], sched[:warmup])  # warm-up (and compilation)
+    run(on_dev[:warmup], sched[:warmup])  # warm-up (and compilation / capture)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -266,15 +283,39 @@ def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: st
     return sum(sched) / seconds, seconds, sum(sched)
 
 
+def graph_parity(batches: list, n_items: int, max_len: int, hidden: int, device: str, steps: int = 30) -> str:
+    """The captured step against the same fixed-buffer step run eagerly, same start: losses and
+    parameters after ``steps`` steps (fp32; CUDA's index_add_ atomics differ in the last bits)."""
+    import torch
+    from srgnn import cuda_graphs
+    from srgnn.distributed import TrainJobConfig, build_model
+
+    cfg = TrainJobConfig(output="/unused", run_date=RUN_DATE, hidden_size=hidden, batch_size=len(batches[0]),
+                         cuda_graphs=True)
+    dev = torch.device(device)
+    runs = []
+    for use_graph in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg, n_items, max_len).to(dev)
+        opt = cuda_graphs.make_optimizer(model.parameters(), 1e-3, 1e-5, dev)
+        step = cuda_graphs.GraphedTrainStep(model, opt, cfg.batch_size, max_len, "srgnn", dev, use_graph=use_graph)
+        losses = [float(step.step(b, 1.0 / len(b))) / len(b) for b in batches[:steps]]
+        runs.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (la, pa), (lb, pb) = runs
+    dl = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(la, lb))
+    dp = max(float((x - y).abs().max()) for x, y in zip(pa, pb))
+    return f"steps={len(la)} max_rel_loss_diff={dl:.2e} max_abs_param_diff={dp:.2e} first_loss={la[0]:.4f} last_loss={la[-1]:.4f}"
+
+
 def job_epoch(out: Path, nprocs: int, hidden: int, batch_size: int, device: str, threads: int,
-              variant: str = "srgnn", bf16: bool = False, workers: int = 1) -> dict:
+              variant: str = "srgnn", bf16: bool = False, workers: int = 1, graphs: bool = False) -> dict:
     """One epoch of the real job (train_job / launch_local); its own pairs/s and timings."""
     from srgnn.distributed import TrainJobConfig, launch_local, train_job
 
     cfg = TrainJobConfig(output=str(out), run_date=RUN_DATE, epochs=1, hidden_size=hidden, batch_size=batch_size,
                          device=device, num_threads=threads, progress=False, mlflow_tracking_uri="none",
                          variant=variant, bf16=bf16, verify_manifest=False, reader_workers=workers,
-                         deterministic=device == "cpu", eval_batch_size=500)
+                         deterministic=device == "cpu", eval_batch_size=500, cuda_graphs=graphs)
     result = train_job(cfg) if nprocs == 1 else launch_local(cfg, nprocs)
     h = result["history"][0]
     return {"pairs_per_s": h["pairs_per_s"], "train_seconds": h["train_seconds"], "eval_seconds": h["eval_seconds"],
@@ -295,7 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--step-batches", type=int, default=0,
                    help="batches for the step-rate test (0: cpu mode 300, gpu mode the whole epoch)")
     p.add_argument("--variants", default="srgnn,ngc,fc", help="gpu mode")
-    p.add_argument("--no-compile", action="store_true", help="gpu mode: skip the torch.compile run")
+    p.add_argument("--no-compile", action="store_true", help="gpu mode: skip the torch.compile runs")
+    p.add_argument("--eager-batches", type=int, default=1500,
+                   help="gpu mode: batches timed for the eager (uncaptured) step loops (0: the whole epoch)")
+    p.add_argument("--budget-s", type=float, default=1e9,
+                   help="gpu mode: start no further measurement after this many seconds")
     p.add_argument("--reader-workers", type=int, default=1)
     p.add_argument("--data", default=str(ROOT / "bench" / "_data" / "train_ddp"))
     args = p.parse_args(argv)
@@ -330,10 +375,21 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     # ---- gpu mode ------------------------------------------------------------------------------
+    # Figures print as they come (RESULT lines); each later measurement starts only while the
+    # --budget-s allows, so a device lease that runs short still returns the earlier ones.
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
+    cuda = device == "cuda"
+    if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    began = time.perf_counter()
+
+    def time_left(what: str, need: float) -> bool:
+        left = args.budget_s - (time.perf_counter() - began)
+        if left < need:
+            print(f"SKIPPED {what}: {left:.0f}s of --budget-s left, needs ~{need:.0f}s", flush=True)
+        return left >= need
+
     try:
         import petastorm  # noqa: F401
         have_petastorm = True
@@ -344,30 +400,68 @@ def main(argv: list[str] | None = None) -> None:
     batches = batches_in_memory(shards, args.batch_size, args.step_batches or None)
     print(f"loaded {sum(len(b) for b in batches):,} training pairs in {len(batches):,} batches "
           f"({time.perf_counter() - t0:.1f}s)", flush=True)
-    if have_petastorm:
-        inp, n = input_pipeline(shards, args.batch_size, device, args.reader_workers)
-        print(f"RESULT input_pipeline device={device} pairs_per_s={inp:.0f} pairs={n}", flush=True)
-    for variant in args.variants.split(","):
-        for bf16 in (False, True):
-            if bf16 and device != "cuda":
-                continue
-            rate, secs, n = step_rate(batches, n_items, max_len, args.hidden, device, variant, bf16)
-            print(f"RESULT step_loop variant={variant} precision={'bf16' if bf16 else 'fp32'} compile=0 "
-                  f"epoch_s={secs:.2f} pairs_per_s={rate:.0f} pairs={n}", flush=True)
-    if have_petastorm:
-        for bf16 in ((False, True) if device == "cuda" else (False,)):
-            r = job_epoch(data, 1, args.hidden, args.batch_size, device, 0, "srgnn", bf16, args.reader_workers)
-            print(f"RESULT job variant=srgnn precision={'bf16' if bf16 else 'fp32'} epoch_s={r['train_seconds']:.2f} "
-                  f"pairs_per_s={r['pairs_per_s']:.0f} eval_s={r['eval_seconds']:.2f} "
-                  f"valid_hr@20={r['valid_hr@20']:.4f}", flush=True)
-    if not args.no_compile:  # last: compilation may take long, the figures above are out already
+    eager = batches[:args.eager_batches] if args.eager_batches else batches
+    variants = args.variants.split(",")
+
+    def report(label: str, rate: float, secs: float, n: int) -> None:
+        print(f"RESULT step_loop {label} seconds={secs:.2f} pairs={n} pairs_per_s={rate:.0f} "
+              f"epoch_719k_s={719000 / rate:.2f}", flush=True)
+
+    def guarded(label: str, fn, *a, **k):
+        """One measurement; a failure is printed and the next measurement still runs."""
         try:
-            rate, secs, n = step_rate(batches, n_items, max_len, args.hidden, device, "srgnn", device == "cuda",
-                                      compile_=True)
-            print(f"RESULT step_loop variant=srgnn precision={'bf16' if device == 'cuda' else 'fp32'} "
-                  f"compile=1 static_shapes=1 epoch_s={secs:.2f} pairs_per_s={rate:.0f} pairs={n}", flush=True)
+            return fn(*a, **k)
         except Exception as exc:
-            print(f"RESULT step_loop compile=1 failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            print(f"RESULT {label} failed: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
+            if cuda:
+                torch.cuda.synchronize()
+            return None
+
+    def step_loop(variant: str, bf16: bool, graphs: bool, static: bool = False, compile_: bool = False,
+                  mode: str = "default", need: float = 40) -> None:
+        label = (f"variant={variant} precision={'bf16' if bf16 else 'fp32'} graphs={int(graphs)} "
+                 f"compile={int(compile_)}{f' mode={mode}' if compile_ else ''} static_shapes={int(static or graphs or compile_)}")
+        if time_left(label, need):
+            r = guarded(f"step_loop {label}", step_rate, batches if graphs else eager, n_items, max_len, args.hidden,
+                        device, variant, bf16, compile_=compile_, graphs=graphs, static=static, compile_mode=mode)
+            if r:
+                report(label, *r)
+
+    def job(graphs: bool, bf16: bool, need: float) -> None:
+        label = f"job variant=srgnn precision={'bf16' if bf16 else 'fp32'} graphs={int(graphs)}"
+        if have_petastorm and time_left(label, need):
+            r = guarded(label, job_epoch, data, 1, args.hidden, args.batch_size, device, 0, "srgnn", bf16,
+                        args.reader_workers, graphs=graphs)
+            if r:
+                print(f"RESULT {label} epoch_s={r['train_seconds']:.2f} pairs_per_s={r['pairs_per_s']:.0f} "
+                      f"eval_s={r['eval_seconds']:.2f} valid_hr@20={r['valid_hr@20']:.4f}", flush=True)
+
+    # in order of importance: what is left out when the budget runs short comes last
+    if cuda:  # the captured step against the same step run eagerly, then whole epochs captured
+        parity = guarded("graph_parity", graph_parity, batches, n_items, max_len, args.hidden, device)
+        if parity:
+            print(f"RESULT graph_parity {parity}", flush=True)
+        step_loop("srgnn", False, graphs=True)
+        for variant in variants:
+            step_loop(variant, True, graphs=True)
+    step_loop("srgnn", False, graphs=False)                          # the eager loop, packed graphs
+    if cuda:
+        step_loop("srgnn", True, graphs=False, static=True)          # eager, the captured step's shapes
+        if not args.no_compile:
+            step_loop("srgnn", True, graphs=True, compile_=True, need=150)
+        job(True, True, 60)
+    if have_petastorm and time_left("input pipeline", 40):
+        r = guarded("input_pipeline", input_pipeline, shards, args.batch_size, device, args.reader_workers)
+        if r:
+            print(f"RESULT input_pipeline device={device} pairs_per_s={r[0]:.0f} pairs={r[1]}", flush=True)
+    job(False, False, 120)
+    if cuda:
+        step_loop("srgnn", True, graphs=False)
+    if not args.no_compile:
+        step_loop("srgnn", cuda, graphs=False, compile_=True, mode="reduce-overhead" if cuda else "default",
+                  need=150)
+    print(f"gpu mode done in {time.perf_counter() - began:.0f}s", flush=True)
+
 
 if __name__ == "__main__":
     main()

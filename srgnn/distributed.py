@@ -57,6 +57,7 @@ from pipelines.errors import ConfigError, InputError, PipelineError
 from pipelines.log import get_logger
 from pipelines.tables import local_path, normalize_root
 from srgnn import checkpoint as ckpt
+from srgnn import cuda_graphs
 from srgnn.data import Batch
 
 log = get_logger(__name__)
@@ -105,6 +106,8 @@ class TrainJobConfig(StageConfig):
     device: str = opt("auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     bf16: bool = opt(False, help="bf16 autocast for forward passes (CUDA only)")
     compile: bool = opt(False, help="torch.compile the model")
+    cuda_graphs: bool = opt(False, help="capture the whole training step (forward, backward, Adam) as one CUDA graph "
+                                        "and replay it (one CUDA process; implies --static-shapes)")
     deterministic: bool = opt(True, help="torch.use_deterministic_algorithms (warn-only on CUDA)")
     num_threads: int = opt(0, help="torch intra-op threads per process (0: torch's default)")
     reader_workers: int = opt(1, help="Petastorm reader threads per rank (1 keeps the order deterministic)")
@@ -124,6 +127,9 @@ class TrainJobConfig(StageConfig):
             raise ConfigError(f"option --patience: must be >= 1, got {self.patience}")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 0:
             raise ConfigError("option --checkpoint-every-steps: must be >= 0")
+        if self.cuda_graphs and (self.compile or self.device == "cpu"):
+            raise ConfigError("option --cuda-graphs: needs a CUDA device and excludes --compile (got "
+                              f"--device {self.device}{' --compile' if self.compile else ''})")
 
     # paths under OUT -------------------------------------------------------------------------
     @property
@@ -144,7 +150,7 @@ class TrainJobConfig(StageConfig):
 
     def model_options(self) -> dict[str, Any]:
         return {"variant": self.variant, "readout": self.readout, "hidden_size": self.hidden_size,
-                "step": self.step, "static_shapes": self.static_shapes}
+                "step": self.step, "static_shapes": self.static_shapes or self.cuda_graphs}
 
 
 # =============================================================================================
@@ -469,7 +475,8 @@ def per_rank_batch(cfg: TrainJobConfig, world: int) -> int:
 
 def train_epoch(model, optimizer, batches: Iterator[Batch], schedule: list[int], my_examples: int,
                 ctx: DistContext, cfg: TrainJobConfig, max_len: int, state: TrainState, *, skip_steps: int = 0,
-                accum: dict[str, float] | None = None, on_step=None, bar=None, autocast=None) -> dict[str, float]:
+                accum: dict[str, float] | None = None, on_step=None, bar=None, autocast=None,
+                graphed=None) -> dict[str, float]:
     """One epoch of equalised steps; returns {'loss', 'examples', 'steps'} over all ranks.
 
     ``schedule[k]`` is the global example count of step k (:func:`step_schedule`), ``my_examples``
@@ -479,6 +486,8 @@ def train_epoch(model, optimizer, batches: Iterator[Batch], schedule: list[int],
     over the step's examples, whatever their split between ranks.
     ``accum`` carries this rank's running sums when resuming mid-epoch; ``on_step(step, sums)`` is
     called on every rank after every step (``sums()`` gives the running sums).
+    ``graphed`` (a :class:`srgnn.cuda_graphs.GraphedTrainStep`) replaces forward, backward and
+    optimiser step by the replay of one captured CUDA graph (``autocast`` is then its own).
     """
     model.train()
     dummy = dummy_batch(max_len, ctx.device)
@@ -500,15 +509,17 @@ def train_epoch(model, optimizer, batches: Iterator[Batch], schedule: list[int],
         weight = ctx.world_size / n_global
         if batch is None:       # this rank ran dry: a zero-weight step keeps DDP's all-reduces in step
             batch, weight = dummy, 0.0
+        if graphed is not None:  # copied into the graph's fixed buffers (padded), then one replay
+            loss_sum = graphed.step(batch, weight)
         else:
             batch = batch.to(ctx.device, non_blocking=True)
-        with autocast or nullcontext():
-            logits = forward(model, batch, cfg.variant)
-        loss_sum = F.cross_entropy(logits.float(), batch.targets - 1, reduction="sum")
-        loss = loss_sum * weight  # DDP averages over ranks: sum of all ranks' losses / n_global
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            with autocast or nullcontext():
+                logits = forward(model, batch, cfg.variant)
+            loss_sum = F.cross_entropy(logits.float(), batch.targets - 1, reduction="sum")
+            loss = loss_sum * weight  # DDP averages over ranks: sum of all ranks' losses / n_global
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         state.global_step += 1
         if weight:
             loss_sum_dev += loss_sum.detach().to(torch.float64)
@@ -689,6 +700,9 @@ def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, trac
     n_items, max_len = int(manifest["n_items"]), int(manifest["max_len"])
     manifest_hash = str(manifest.get("content_hash", ""))
     local_batch = per_rank_batch(cfg, ctx.world_size)
+    if cfg.cuda_graphs and (ctx.device.type != "cuda" or ctx.world_size > 1):
+        raise ConfigError(f"option --cuda-graphs: needs exactly one CUDA process; this run has {ctx.world_size} "
+                          f"process(es) on {ctx.device.type} (DDP's all-reduce is not captured)")
     if cfg.bf16 and ctx.device.type != "cuda":
         log.warning("--bf16 applies to CUDA only; training in float32 on %s", ctx.device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
@@ -700,7 +714,10 @@ def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, trac
     if cfg.init_from:
         warm = warm_start(model, cfg.init_from, n_items, vocab)
     model.to(ctx.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.l2)
+    if cfg.cuda_graphs:
+        optimizer = cuda_graphs.make_optimizer(model.parameters(), cfg.lr, cfg.l2, ctx.device)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.l2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_dc_step, gamma=cfg.lr_dc)
     meta = {"manifest_hash": manifest_hash, "n_items": n_items, "max_len": max_len,
             "model": json.dumps({k: v for k, v in cfg.model_options().items() if k != "static_shapes"},
@@ -746,6 +763,10 @@ def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, trac
 
     # ---- DDP --------------------------------------------------------------------------------
     raw_model = model
+    graphed = None
+    if cfg.cuda_graphs:
+        graphed = cuda_graphs.GraphedTrainStep(model, optimizer, local_batch, max_len, cfg.variant, ctx.device,
+                                               torch.bfloat16 if autocast is not None else None)
     if cfg.compile:
         model = torch.compile(model)
     if ctx.ddp:
@@ -805,7 +826,7 @@ def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, trac
         train_stats = train_epoch(model, optimizer, batches, schedule, rank_examples[ctx.rank], ctx, cfg,
                                   max_len, state,
                                   skip_steps=skip_steps, accum=accum, on_step=on_step, bar=bar,
-                                  autocast=autocast)
+                                  autocast=autocast, graphed=graphed)
         bar.close()
         train_seconds = time.perf_counter() - t0
         skip_steps, accum = 0, None
