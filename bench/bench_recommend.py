@@ -110,7 +110,10 @@ def main() -> None:
     if not args.skip_direct:
         # The same scoring without Spark: one process, all cores, for comparison.
         from srgnn.data import pad_prefixes
+        from srgnn.memory import keep_freed_memory
         from srgnn.scoring import score_arrays
+
+        keep_freed_memory()  # as srgnn.scoring.cached_model does in the Spark workers
 
         clicks, off = data["clicks"], data["offsets"]
         prefixes = [clicks[off[i]:off[i + 1]] for i in range(args.sessions)]

@@ -9,15 +9,19 @@ once and held on the device, so the figures are the model's (graph building, for
 Adam; for evaluation the forward and the metric accumulation), not a reader's.
 
 Also measured in the same run: the float32 matrix product at the score shape (B x d @ d x N), whose
-rate caps training at ``gflops / (6 d N)`` pairs/s (the three score products of a training pair);
-the % of that ceiling reached is printed. The last line is exactly
-``train_pairs_per_s=<x> eval_pairs_per_s=<y>``.
+rate caps training at ``gflops / (6 d N)`` pairs/s (the three score products of a training pair).
+On a shared VM that rate drifts by tens of % within a minute, so the timed training is cut into
+``--windows`` consecutive chunks with a ``--ceiling-seconds`` matmul measurement before the first
+and after every chunk: each chunk's rate is divided by the ceiling measured on either side of it,
+and the median of those ratios is the "% of ceiling" printed (with their range). The last line is
+exactly ``train_pairs_per_s=<x> eval_pairs_per_s=<y>``.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -29,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from srgnn.data import Batch  # noqa: E402
+from srgnn.memory import keep_freed_memory  # noqa: E402
 from srgnn.metrics import MetricAccumulator  # noqa: E402
 from srgnn.model import SRGNN, ModelConfig  # noqa: E402
 from srgnn.train import TrainConfig, accumulate, make_optimizer, train_step  # noqa: E402
@@ -116,14 +121,19 @@ def main(argv=None) -> None:
                     help="torch.compile mode (reduce-overhead = CUDA graphs on GPU)")
     ap.add_argument("--static-shapes", action="store_true", help="static shapes without compiling")
     ap.add_argument("--no-fused-adam", action="store_true")
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="leave glibc's malloc thresholds as they are (the job sets them: srgnn.memory)")
     ap.add_argument("--warmup", type=int, default=20, help="untimed warm-up batches")
+    ap.add_argument("--windows", type=int, default=6, help="training chunks, each between two ceiling measurements")
+    ap.add_argument("--ceiling-seconds", type=float, default=0.5, help="length of each ceiling measurement")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    kept = False if args.malloc_default else keep_freed_memory()   # as the training job does (srgnn.memory)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    print(machine(), f"threads={torch.get_num_threads()}", flush=True)
+    print(machine(), f"threads={torch.get_num_threads()} keep_freed_memory={kept}", flush=True)
     if device.type == "cuda":
         print(f"gpu={torch.cuda.get_device_name(device)}", flush=True)
 
@@ -161,12 +171,28 @@ def main(argv=None) -> None:
 
     model.train()
     loss_sum = torch.zeros((), device=device)
-    sync(device)
-    start = time.perf_counter()
-    for b in train_b:
-        loss_sum += train_step(model, optimizer, b, amp=args.amp, forward=forward)
-    sync(device)
-    train_s = time.perf_counter() - start
+    per_pair = 6.0 * args.hidden * args.items            # flops of the three score products
+    windows = max(1, min(args.windows, len(train_b)))
+    bounds = np.linspace(0, len(train_b), windows + 1).astype(int)
+    gflops = [matmul_gflops(args.batch_size, args.hidden, args.items, device, seconds=args.ceiling_seconds)]
+    train_s, ratios, faults = 0.0, [], 0
+    for w in range(windows):
+        chunk = train_b[bounds[w]:bounds[w + 1]]
+        sync(device)
+        minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        for b in chunk:
+            loss_sum += train_step(model, optimizer, b, amp=args.amp, forward=forward)
+        sync(device)
+        secs = time.perf_counter() - start
+        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt
+        train_s += secs
+        gflops.append(matmul_gflops(args.batch_size, args.hidden, args.items, device, seconds=args.ceiling_seconds))
+        rate = len(chunk) * args.batch_size / secs
+        ceiling_w = (gflops[-2] + gflops[-1]) / 2 * 1e9 / per_pair
+        ratios.append(rate / ceiling_w)
+        print(f"window {w + 1}/{windows}: {rate:,.0f} train pairs/s, matmul {gflops[-2]:.0f} -> {gflops[-1]:.0f} "
+              f"GFLOP/s, {100 * ratios[-1]:.1f}% of ceiling", flush=True)
     train_pairs = len(train_b) * args.batch_size
 
     acc = MetricAccumulator(args.items, (10, 20), device=device)
@@ -177,14 +203,16 @@ def main(argv=None) -> None:
     eval_s = time.perf_counter() - start
     eval_pairs = len(eval_b) * args.batch_size
 
-    gflops = matmul_gflops(args.batch_size, args.hidden, args.items, device)
-    ceiling = gflops * 1e9 / (6.0 * args.hidden * args.items)
     train_rate, eval_rate = train_pairs / train_s, eval_pairs / eval_s
-    print(f"train: {train_pairs} pairs in {train_s:.2f}s (mean loss {float(loss_sum) / len(train_b):.3f}); "
+    median_gflops = float(np.median(gflops))
+    print(f"train: {train_pairs} pairs in {train_s:.2f}s (mean loss {float(loss_sum) / len(train_b):.3f}, "
+          f"{faults / len(train_b):,.0f} minor page faults per step); "
           f"eval: {eval_pairs} pairs in {eval_s:.2f}s (hr@20 {acc.finalize()['hr@20']:.4f})")
     print(f"score-shape matmul fp32 ({args.batch_size}x{args.hidden} @ {args.hidden}x{args.items}): "
-          f"{gflops:.1f} GFLOP/s -> ceiling 6*d*N = {6 * args.hidden * args.items / 1e6:.1f} MFLOP/pair "
-          f"= {ceiling:,.0f} train pairs/s; reached {100 * train_rate / ceiling:.1f}%")
+          f"median {median_gflops:.1f} GFLOP/s of {len(gflops)} measurements ({min(gflops):.0f}-{max(gflops):.0f}) "
+          f"-> ceiling 6*d*N = {per_pair / 1e6:.1f} MFLOP/pair = {median_gflops * 1e9 / per_pair:,.0f} train pairs/s; "
+          f"reached {100 * float(np.median(ratios)):.1f}% (median of {len(ratios)} windows, "
+          f"{100 * min(ratios):.1f}-{100 * max(ratios):.1f}%)")
     if device.type == "cuda":
         print(f"epoch-equivalent: 719,000 pairs at this rate = {719000 / train_rate:.1f}s")
     print(f"train_pairs_per_s={train_rate:.1f} eval_pairs_per_s={eval_rate:.1f}", flush=True)

@@ -59,6 +59,7 @@ from pipelines.tables import local_path, normalize_root
 from srgnn import checkpoint as ckpt
 from srgnn import cuda_graphs
 from srgnn.data import Batch
+from srgnn.memory import keep_freed_memory
 
 log = get_logger(__name__)
 
@@ -407,8 +408,11 @@ def find_unused_parameters(model: torch.nn.Module, batch: Batch, variant: str) -
     return unused
 
 
-def forward(model: torch.nn.Module, batch: Batch, variant: str) -> torch.Tensor:
+def forward(model: torch.nn.Module, batch: Batch, variant: str, targets: bool = False) -> torch.Tensor:
+    """The logits [B, n_items]; with ``targets`` the batch's mean cross-entropy instead."""
     ngc_w = batch.ngc_w if variant == "ngc" else None
+    if targets:
+        return model(batch.items, batch.lengths, ngc_w, batch.targets)
     return model(batch.items, batch.lengths, ngc_w)
 
 
@@ -513,10 +517,10 @@ def train_epoch(model, optimizer, batches: Iterator[Batch], schedule: list[int],
             loss_sum = graphed.step(batch, weight)
         else:
             batch = batch.to(ctx.device, non_blocking=True)
-            with autocast or nullcontext():
-                logits = forward(model, batch, cfg.variant)
-            loss_sum = F.cross_entropy(logits.float(), batch.targets - 1, reduction="sum")
-            loss = loss_sum * weight  # DDP averages over ranks: sum of all ranks' losses / n_global
+            with autocast or nullcontext():   # the model's fused loss path (mean CE, Eq. 9-10)
+                loss_mean = forward(model, batch, cfg.variant, targets=True)
+            loss_sum = loss_mean.detach().float() * len(batch)
+            loss = loss_mean * (len(batch) * weight)  # DDP averages over ranks: all ranks' sums / n_global
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -695,6 +699,7 @@ def train_job(cfg: TrainJobConfig) -> dict[str, Any]:
 def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, tracker: Tracker) -> dict[str, Any]:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    keep_freed_memory()  # the big per-step tensors reuse freed memory (srgnn.memory)
     set_determinism(cfg.deterministic, ctx.device)
     seed_everything(cfg.seed)
     n_items, max_len = int(manifest["n_items"]), int(manifest["max_len"])

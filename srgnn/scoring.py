@@ -54,8 +54,13 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load ``model_dir`` once per process (and again only if its files change)."""
+    """Load ``model_dir`` once per process (and again only if its files change). Also keeps freed
+    CPU memory in the process (srgnn.memory): the [batch, n_items] scores are then not re-faulted
+    for every batch."""
     from srgnn.export import load_model
+    from srgnn.memory import keep_freed_memory
+
+    keep_freed_memory()
 
     model_dir = os.path.abspath(model_dir)
     key = (model_dir, model_fingerprint(model_dir), str(device))

@@ -27,6 +27,7 @@ from pipelines.config import StageConfig, opt
 from pipelines.errors import ConfigError
 from pipelines.log import get_logger
 from srgnn.data import Batch
+from srgnn.memory import keep_freed_memory
 from srgnn.metrics import MetricAccumulator
 from srgnn.model import SRGNN
 
@@ -166,6 +167,7 @@ def train(model: SRGNN, cfg: TrainConfig, train_batches: Batches, valid_batches:
     Returns {"best_epoch", "valid", "test", "test_picked", "history", "epochs_run", "stopped_early"};
     the model holds the best epoch's weights on return.
     """
+    keep_freed_memory()  # the big per-step tensors reuse freed memory (srgnn.memory)
     threads = torch.get_num_threads()
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)

@@ -252,6 +252,14 @@ def test_fused_training_loss_equals_logits_cross_entropy():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     assert float(fused_grads[0][0].abs().sum()) == 0.0  # the padding row gets no gradient here
 
+    # through .backward() (AccumulateGrad), twice into existing .grad: the lookup's rows are added
+    # into the score's dense gradient once per pass, and the passes add up
+    model.zero_grad(set_to_none=True)
+    for _ in range(2):
+        model(items, lengths, targets=targets).backward()
+    for (name, p), b in zip(model.named_parameters(), plain_grads):
+        torch.testing.assert_close(p.grad, 2 * b, atol=1e-6, rtol=1e-5, msg=name)
+
 
 @pytest.mark.parametrize("variant", ["srgnn", "fc"])
 def test_packed_path_has_the_same_gradients_as_the_static_shapes_path(variant):
