@@ -246,7 +246,9 @@ def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: st
     import torch
     from srgnn import cuda_graphs
     from srgnn.distributed import DistContext, TrainJobConfig, TrainState, build_model, train_epoch
+    from srgnn.memory import keep_freed_memory
 
+    keep_freed_memory()  # as the job does
     cfg = TrainJobConfig(output="/unused", run_date=RUN_DATE, variant=variant, hidden_size=hidden,
                          batch_size=len(batches[0]), static_shapes=compile_ or static, bf16=bf16,
                          cuda_graphs=graphs)
@@ -263,7 +265,7 @@ def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: st
         graphed = cuda_graphs.GraphedTrainStep(model, optimizer, cfg.batch_size, max_len, variant, dev,
                                                torch.bfloat16 if autocast is not None else None)
     else:
-        optimizer = torch.optim.Adam(raw.parameters(), lr=1e-3, weight_decay=1e-5)
+        optimizer = torch.optim.Adam(raw.parameters(), lr=1e-3, weight_decay=1e-5, fused=True)  # as the job
     ctx = DistContext(device=dev)
     on_dev = [b.to(dev) for b in batches]
     sched = [len(b) for b in on_dev]

@@ -722,7 +722,9 @@ def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, trac
     if cfg.cuda_graphs:
         optimizer = cuda_graphs.make_optimizer(model.parameters(), cfg.lr, cfg.l2, ctx.device)
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.l2)
+        # fused: one pass over each parameter per step (the for-each default makes ~7 passes over
+        # the [n_items + 1, d] embedding on CPU)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.l2, fused=True)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_dc_step, gamma=cfg.lr_dc)
     meta = {"manifest_hash": manifest_hash, "n_items": n_items, "max_len": max_len,
             "model": json.dumps({k: v for k, v in cfg.model_options().items() if k != "static_shapes"},
