@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Stage 3 on one GPU: pairs/s and epoch time for every variant, fp32 / bf16 autocast, torch.compile
-# (static shapes), and the whole job (Petastorm -> GPU) on a Diginetica-sized synthetic set
-# (719,000 training pairs, 43,000 items, L = 50, batch 100, d = 100).
+# Stage 3 on one GPU: first the bench/train_throughput.py with the whole step as one CUDA
+# graph (--cuda-graphs, bf16; 100,000 pairs), then bench_train_ddp.py's gpu mode: pairs/s and epoch
+# time for every variant, CUDA graphs vs eager, fp32 / bf16 autocast, torch.compile, and the whole
+# job (Petastorm -> GPU) on a Diginetica-sized synthetic set (719,000 training pairs, 43,000 items,
+# L = 50, batch 100, d = 100). Pass --budget-s S to bound the second part.
 #
 #   bench/gpu.sh                              # on the GPU box (CUDA)
 #   bench/gpu.sh --device cpu --pairs 20000   # dry run of the same script on a CPU machine
@@ -57,6 +59,12 @@ if ! "$PY" -c "import petastorm" >/dev/null 2>&1; then
 fi
 "$PY" -c "import torch, yaml, safetensors, tqdm, pyarrow; print('python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
+if [ "$DEVICE" = cuda ]; then
+  # the benchmark command first (short: 100,000 pairs; it prints the 719k-epoch equivalent)
+  echo "== bench/train_throughput.py, the whole step as one CUDA graph, bf16"
+  "$PY" bench/train_throughput.py --items "$ITEMS" --pairs 100000 --eval-pairs 20000 --batch-size 100 \
+    --device cuda --cuda-graphs --amp bf16 || echo "!! train_throughput --cuda-graphs failed (rc=$?)"
+fi
 echo "== benchmark (data under $DATA)"
 if [ "$DEVICE" = cpu ]; then
   # dry run: a short step loop per variant; the whole job still runs one full epoch

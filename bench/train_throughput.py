@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from srgnn import cuda_graphs  # noqa: E402
 from srgnn.data import Batch  # noqa: E402
 from srgnn.memory import keep_freed_memory  # noqa: E402
 from srgnn.metrics import MetricAccumulator  # noqa: E402
@@ -120,6 +121,8 @@ def main(argv=None) -> None:
     ap.add_argument("--compile-mode", default="reduce-overhead",
                     help="torch.compile mode (reduce-overhead = CUDA graphs on GPU)")
     ap.add_argument("--static-shapes", action="store_true", help="static shapes without compiling")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="the whole step (forward, backward, Adam) as one CUDA graph (srgnn.cuda_graphs; CUDA only)")
     ap.add_argument("--no-fused-adam", action="store_true")
     ap.add_argument("--malloc-default", action="store_true",
                     help="leave glibc's malloc thresholds as they are (the job sets them: srgnn.memory)")
@@ -128,6 +131,8 @@ def main(argv=None) -> None:
     ap.add_argument("--ceiling-seconds", type=float, default=0.5, help="length of each ceiling measurement")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.cuda_graphs and (args.device != "cuda" or args.compile):
+        ap.error("--cuda-graphs needs --device cuda and excludes --compile")
 
     torch.set_num_threads(args.threads)
     kept = False if args.malloc_default else keep_freed_memory()   # as the training job does (srgnn.memory)
@@ -149,20 +154,31 @@ def main(argv=None) -> None:
     warm, train_b = train_b[:args.warmup], train_b[args.warmup:]
     eval_b = to_batches(*ev, args.batch_size, device)
 
-    static = args.static_shapes or args.compile
+    static = args.static_shapes or args.compile or args.cuda_graphs
     cfg = ModelConfig(n_items=args.items, hidden_size=args.hidden, step=args.step, variant=args.variant,
                       readout=args.readout, max_len=args.max_len, static_shapes=static)
     model = SRGNN(cfg).to(device)
-    optimizer = make_optimizer(model, TrainConfig(fused_adam=not args.no_fused_adam))
     forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    if args.cuda_graphs:   # as the job's --cuda-graphs: weight 1/B per row = the batch's mean loss
+        optimizer = cuda_graphs.make_optimizer(model.parameters(), 1e-3, 1e-5, device)
+        graphed = cuda_graphs.GraphedTrainStep(model, optimizer, args.batch_size, args.max_len, args.variant, device,
+                                               torch.bfloat16 if args.amp == "bf16" else None)
+
+        def step(b: Batch) -> torch.Tensor:
+            return graphed.step(b, 1.0 / len(b)) / len(b)
+    else:
+        optimizer = make_optimizer(model, TrainConfig(fused_adam=not args.no_fused_adam))
+
+        def step(b: Batch) -> torch.Tensor:
+            return train_step(model, optimizer, b, amp=args.amp, forward=forward)
     print(f"model: d={args.hidden} step={args.step} variant={args.variant} readout={args.readout} "
-          f"amp={args.amp} compile={args.compile} static_shapes={static} "
+          f"amp={args.amp} compile={args.compile} cuda_graphs={args.cuda_graphs} static_shapes={static} "
           f"fused_adam={not args.no_fused_adam}", flush=True)
 
     t0 = time.perf_counter()
     model.train()
     for b in warm:
-        train_step(model, optimizer, b, amp=args.amp, forward=forward)
+        step(b)
     accumulate(model, eval_b[:5], MetricAccumulator(args.items, (20,), device=device), amp=args.amp,
                forward=forward)
     sync(device)
@@ -182,7 +198,7 @@ def main(argv=None) -> None:
         minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         for b in chunk:
-            loss_sum += train_step(model, optimizer, b, amp=args.amp, forward=forward)
+            loss_sum += step(b)
         sync(device)
         secs = time.perf_counter() - start
         faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt
