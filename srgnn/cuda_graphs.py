@@ -141,7 +141,9 @@ class GraphedTrainStep:
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the job's Petastorm reader threads keep running during capture; only this
+        # thread's CUDA calls belong to the graph
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.loss_sum = self._compute()
         self._restore(snapshot)
         self.captured_lrs = self._lrs()
