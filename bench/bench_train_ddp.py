@@ -245,7 +245,7 @@ def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: st
     (the compiled kernels are then captured with the rest of the step)."""
     import torch
     from srgnn import cuda_graphs
-    from srgnn.distributed import DistContext, TrainJobConfig, TrainState, build_model, train_epoch
+    from srgnn.distributed import DistContext, TrainJobConfig, TrainState, build_model, job_optimizer, train_epoch
     from srgnn.memory import keep_freed_memory
 
     keep_freed_memory()  # as the job does
@@ -259,13 +259,11 @@ def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: st
     if compile_:
         model = torch.compile(model, mode=compile_mode, dynamic=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and dev.type == "cuda" else None
+    optimizer = job_optimizer(raw.parameters(), cfg, dev)
     graphed = None
     if graphs:
-        optimizer = cuda_graphs.make_optimizer(raw.parameters(), 1e-3, 1e-5, dev)
         graphed = cuda_graphs.GraphedTrainStep(model, optimizer, cfg.batch_size, max_len, variant, dev,
                                                torch.bfloat16 if autocast is not None else None)
-    else:
-        optimizer = torch.optim.Adam(raw.parameters(), lr=1e-3, weight_decay=1e-5, fused=True)  # as the job
     ctx = DistContext(device=dev)
     on_dev = [b.to(dev) for b in batches]
     sched = [len(b) for b in on_dev]

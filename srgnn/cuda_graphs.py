@@ -66,7 +66,6 @@ class GraphedTrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.captured_lrs: list[float] | None = None
         self.loss_sum: torch.Tensor | None = None
-        self.captures = 0
 
     # ---- inputs --------------------------------------------------------------------------
     def load(self, batch: Batch, weight: float) -> None:
@@ -147,7 +146,6 @@ class GraphedTrainStep:
             self.loss_sum = self._compute()
         self._restore(snapshot)
         self.captured_lrs = self._lrs()
-        self.captures += 1
 
     # ---- the step ------------------------------------------------------------------------
     def step(self, batch: Batch, weight: float) -> torch.Tensor:

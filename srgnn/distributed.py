@@ -408,6 +408,15 @@ def find_unused_parameters(model: torch.nn.Module, batch: Batch, variant: str) -
     return unused
 
 
+def job_optimizer(params, cfg: TrainJobConfig, device: torch.device) -> torch.optim.Adam:
+    """The job's Adam (lr ``--lr``, L2 ``--l2``): fused, i.e. one pass over each parameter per step
+    (the for-each default makes ~7 passes over the [n_items + 1, d] embedding on CPU); capturable
+    too under ``--cuda-graphs``."""
+    if cfg.cuda_graphs:
+        return cuda_graphs.make_optimizer(params, cfg.lr, cfg.l2, device)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.l2, fused=True)
+
+
 def forward(model: torch.nn.Module, batch: Batch, variant: str, targets: bool = False) -> torch.Tensor:
     """The logits [B, n_items]; with ``targets`` the batch's mean cross-entropy instead."""
     ngc_w = batch.ngc_w if variant == "ngc" else None
@@ -719,12 +728,7 @@ def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, trac
     if cfg.init_from:
         warm = warm_start(model, cfg.init_from, n_items, vocab)
     model.to(ctx.device)
-    if cfg.cuda_graphs:
-        optimizer = cuda_graphs.make_optimizer(model.parameters(), cfg.lr, cfg.l2, ctx.device)
-    else:
-        # fused: one pass over each parameter per step (the for-each default makes ~7 passes over
-        # the [n_items + 1, d] embedding on CPU)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.l2, fused=True)
+    optimizer = job_optimizer(model.parameters(), cfg, ctx.device)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_dc_step, gamma=cfg.lr_dc)
     meta = {"manifest_hash": manifest_hash, "n_items": n_items, "max_len": max_len,
             "model": json.dumps({k: v for k, v in cfg.model_options().items() if k != "static_shapes"},
