@@ -20,10 +20,10 @@ run() {
   echo "== $name: $* (load before: $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%H:%M:%S) UTC)"
   flock /tmp/srgnn-bench.lock /usr/bin/time -v "$@" >"$log" 2>&1
   echo "   rc=$? load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-  grep -E "train_pairs_per_s=|sessions_per_s=|ceiling|scorer alone|^run [0-9]|Elapsed \(wall|Maximum resident" "$log" | sed 's/^/   /'
+  grep -E "train_pairs_per_s=|sessions_per_s=|ceiling|products alone|scorer alone|^run [0-9]|Elapsed \(wall|Maximum resident" "$log" | sed 's/^/   /'
 }
 
-run train_1k $PY bench/train_throughput.py --items 1000 --pairs 50000 --batch-size 100 --device cpu --threads 2
+run train_1k $PY bench/train_throughput.py --items 1000 --pairs 50000 --batch-size 100 --device cpu --threads 2 --products-floor
 run train_40k $PY bench/train_throughput.py --items 40000 --pairs 20000 --batch-size 100 --device cpu --threads 2
 run recommend $PY bench/bench_recommend.py --sessions 100000 --items 40000
 for extra in "$@"; do

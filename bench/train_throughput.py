@@ -13,8 +13,10 @@ rate caps training at ``gflops / (6 d N)`` pairs/s (the three score products of 
 On a shared VM that rate drifts by tens of % within a minute, so the timed training is cut into
 ``--windows`` consecutive chunks with a ``--ceiling-seconds`` matmul measurement before the first
 and after every chunk: each chunk's rate is divided by the ceiling measured on either side of it,
-and the median of those ratios is the "% of ceiling" printed (with their range). The last line is
-exactly ``train_pairs_per_s=<x> eval_pairs_per_s=<y>``.
+and the median of those ratios is the "% of ceiling" printed (with their range). With
+``--products-floor`` it also replays the step's own matrix products alone (their shapes recorded
+from the warm-up steps): the rate the step could reach if everything else were free. The last line
+is exactly ``train_pairs_per_s=<x> eval_pairs_per_s=<y>``.
 """
 from __future__ import annotations
 
@@ -91,6 +93,34 @@ def matmul_gflops(batch: int, d: int, n_items: int, device, dtype=torch.float32,
     return 2.0 * batch * d * n_items * reps / (time.perf_counter() - start) / 1e9
 
 
+def products_floor(step, batches, device, reps: int = 7) -> tuple[float, float]:
+    """(MFLOP, median ms) per step of the step's matrix products alone: their shapes are recorded
+    with the profiler over ``batches``, then replayed on random tensors of the same shapes. The
+    rate they allow is what the step could reach if everything but the products were free."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for b in batches:
+            step(b)
+    calls = []
+    for e in prof.events():
+        shapes = [tuple(s) for s in e.input_shapes if s]
+        if e.name == "aten::addmm":      # bias, a, b
+            calls.append((torch.addmm, shapes[:3], 2 * shapes[1][0] * shapes[1][1] * shapes[2][1]))
+        elif e.name == "aten::mm":
+            calls.append((torch.mm, shapes[:2], 2 * shapes[0][0] * shapes[0][1] * shapes[1][1]))
+    args = [[torch.randn(*s, device=device) for s in shapes] for _, shapes, _ in calls]
+    times = []
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        for (fn, _, _), a in zip(calls, args):
+            fn(*a)
+        sync(device)
+        times.append((time.perf_counter() - start) / len(batches) * 1e3)
+    return sum(f for _, _, f in calls) / len(batches) / 1e6, float(np.median(times))
+
+
 def machine() -> str:
     cpu = platform.processor() or ""
     try:
@@ -129,6 +159,8 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=20, help="untimed warm-up batches")
     ap.add_argument("--windows", type=int, default=6, help="training chunks, each between two ceiling measurements")
     ap.add_argument("--ceiling-seconds", type=float, default=0.5, help="length of each ceiling measurement")
+    ap.add_argument("--products-floor", action="store_true",
+                    help="also time the step's matrix products alone (shapes recorded over the --warmup batches, replayed)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.cuda_graphs and (args.device != "cuda" or args.compile):
@@ -229,6 +261,12 @@ def main(argv=None) -> None:
           f"-> ceiling 6*d*N = {per_pair / 1e6:.1f} MFLOP/pair = {median_gflops * 1e9 / per_pair:,.0f} train pairs/s; "
           f"reached {100 * float(np.median(ratios)):.1f}% (median of {len(ratios)} windows, "
           f"{100 * min(ratios):.1f}-{100 * max(ratios):.1f}%)")
+    if args.products_floor:
+        mflop, ms = products_floor(step, warm, device)
+        print(f"matrix products alone: {mflop:.3g} MFLOP per {args.batch_size}-pair step ({mflop / args.batch_size:.3g} "
+              f"per pair) in {ms:.2f} ms (median of 7 replays, {mflop / ms:.0f} GFLOP/s) -> at most "
+              f"{args.batch_size / ms * 1e3:,.0f} train pairs/s if everything else were free; the timed step took "
+              f"{args.batch_size / train_rate * 1e3:.2f} ms")
     if device.type == "cuda":
         print(f"epoch-equivalent: 719,000 pairs at this rate = {719000 / train_rate:.1f}s")
     print(f"train_pairs_per_s={train_rate:.1f} eval_pairs_per_s={eval_rate:.1f}", flush=True)

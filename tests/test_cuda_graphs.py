@@ -103,3 +103,32 @@ def test_cuda_graphs_needs_one_cuda_process(tmp_path):
                                       "test": (markov_examples(20, 3), 20)})
     with pytest.raises(ConfigError, match="needs exactly one CUDA process; this run has 1 process"):
         train_job(small_config(tmp_path, cuda_graphs=True, device="auto"))
+
+
+@pytest.mark.parametrize("variant,readout,amp", [("srgnn", "hybrid", None), ("ngc", "att", None),
+                                                 ("fc", "avg", None), ("srgnn", "last", torch.bfloat16)])
+def test_the_captured_step_reads_nothing_back_from_the_device(variant, readout, amp):
+    """CUDA graph capture forbids host syncs (``.item()``, ``int(t)``, boolean-mask indexing, ...).
+    Under FakeTensorMode tensors carry shapes but no data, so any such read raises: the step the
+    graph captures (load, static-shape forward, loss, backward) runs there without one. Adam is
+    swapped for SGD: capturable Adam runs on CUDA only and is PyTorch's own capture-safe kernel."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from srgnn.model import SRGNN, ModelConfig
+
+    cpu = torch.device("cpu")
+    with FakeTensorMode():
+        model = SRGNN(ModelConfig(n_items=30, hidden_size=8, max_len=L, variant=variant, readout=readout,
+                                  static_shapes=True))
+        step = GraphedTrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), 4, L, variant, cpu,
+                                autocast_dtype=amp, use_graph=False)
+        batch = Batch(items=torch.randint(1, 31, (3, L)), lengths=torch.tensor([1, 3, L]), targets=torch.randint(1, 31, (3,)),
+                      ngc_w=torch.rand(3, L))
+        loss = step.step(batch, 1 / 3)                   # a short batch: padding rows too
+        assert loss.shape == () and model.embedding.weight.grad.shape == (31, 8)
+
+    # the check has teeth: the packed (non-static) graphs read the longest session's length back
+    with FakeTensorMode():
+        packed = SRGNN(ModelConfig(n_items=30, hidden_size=8, max_len=L))
+        with pytest.raises(Exception, match="aten._local_scalar_dense"):
+            packed(torch.randint(1, 31, (4, L)), torch.tensor([1, 3, L, 2]))
