@@ -160,7 +160,8 @@ def main(argv=None) -> None:
     ap.add_argument("--windows", type=int, default=6, help="training chunks, each between two ceiling measurements")
     ap.add_argument("--ceiling-seconds", type=float, default=0.5, help="length of each ceiling measurement")
     ap.add_argument("--products-floor", action="store_true",
-                    help="also time the step's matrix products alone (shapes recorded over the --warmup batches, replayed)")
+                    help="also time the step's matrix products alone (their shapes recorded over the --warmup "
+                         "batches, then replayed)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.cuda_graphs and (args.device != "cuda" or args.compile):
@@ -263,9 +264,9 @@ def main(argv=None) -> None:
           f"{100 * min(ratios):.1f}-{100 * max(ratios):.1f}%)")
     if args.products_floor:
         mflop, ms = products_floor(step, warm, device)
-        print(f"matrix products alone: {mflop:.3g} MFLOP per {args.batch_size}-pair step ({mflop / args.batch_size:.3g} "
-              f"per pair) in {ms:.2f} ms (median of 7 replays, {mflop / ms:.0f} GFLOP/s) -> at most "
-              f"{args.batch_size / ms * 1e3:,.0f} train pairs/s if everything else were free; the timed step took "
+        print(f"matrix products alone: {mflop:.3g} MFLOP per {args.batch_size}-pair step "
+              f"({mflop / args.batch_size:.3g} per pair) in {ms:.2f} ms (median of 7 replays, {mflop / ms:.0f} GFLOP/s) "
+              f"-> at most {args.batch_size / ms * 1e3:,.0f} train pairs/s if everything else were free; the timed step took "
               f"{args.batch_size / train_rate * 1e3:.2f} ms")
     if device.type == "cuda":
         print(f"epoch-equivalent: 719,000 pairs at this rate = {719000 / train_rate:.1f}s")

@@ -122,8 +122,8 @@ def test_the_captured_step_reads_nothing_back_from_the_device(variant, readout, 
                                   static_shapes=True))
         step = GraphedTrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), 4, L, variant, cpu,
                                 autocast_dtype=amp, use_graph=False)
-        batch = Batch(items=torch.randint(1, 31, (3, L)), lengths=torch.tensor([1, 3, L]), targets=torch.randint(1, 31, (3,)),
-                      ngc_w=torch.rand(3, L))
+        batch = Batch(items=torch.randint(1, 31, (3, L)), lengths=torch.tensor([1, 3, L]),
+                      targets=torch.randint(1, 31, (3,)), ngc_w=torch.rand(3, L))
         loss = step.step(batch, 1 / 3)                   # a short batch: padding rows too
         assert loss.shape == () and model.embedding.weight.grad.shape == (31, 8)
 
