@@ -151,6 +151,8 @@ def main(argv=None) -> None:
     ap.add_argument("--compile-mode", default="reduce-overhead",
                     help="torch.compile mode (reduce-overhead = CUDA graphs on GPU)")
     ap.add_argument("--static-shapes", action="store_true", help="static shapes without compiling")
+    ap.add_argument("--kernel", default="eager", choices=["eager", "fused"],
+                    help="training loss: eager PyTorch or the native CPU kernel (srgnn.fused_cpu)")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="the whole step (forward, backward, Adam) as one CUDA graph (srgnn.cuda_graphs; CUDA only)")
     ap.add_argument("--no-fused-adam", action="store_true")
@@ -189,7 +191,7 @@ def main(argv=None) -> None:
 
     static = args.static_shapes or args.compile or args.cuda_graphs
     cfg = ModelConfig(n_items=args.items, hidden_size=args.hidden, step=args.step, variant=args.variant,
-                      readout=args.readout, max_len=args.max_len, static_shapes=static)
+                      readout=args.readout, max_len=args.max_len, static_shapes=static, kernel=args.kernel)
     model = SRGNN(cfg).to(device)
     forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
     if args.cuda_graphs:   # as the job's --cuda-graphs: weight 1/B per row = the batch's mean loss
@@ -206,6 +208,7 @@ def main(argv=None) -> None:
             return train_step(model, optimizer, b, amp=args.amp, forward=forward)
     print(f"model: d={args.hidden} step={args.step} variant={args.variant} readout={args.readout} "
           f"amp={args.amp} compile={args.compile} cuda_graphs={args.cuda_graphs} static_shapes={static} "
+          f"kernel={args.kernel} "
           f"fused_adam={not args.no_fused_adam}", flush=True)
 
     t0 = time.perf_counter()

@@ -7,6 +7,9 @@ if ! java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])'; then
   echo "Java 17+ is missing: Spark needs it (e.g. apt-get install openjdk-17-jre-headless, or set JAVA_HOME)" >&2
   exit 1
 fi
+if ! command -v "${CXX:-c++}" >/dev/null; then
+  echo "warning: no C++ compiler (c++ or \$CXX): --kernel fused (srgnn/fused_cpu.py) and its tests need one" >&2
+fi
 PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch first: a pinned 2.13.0 takes the local CPU wheel; a bare `torch` would pull a CUDA build.

@@ -60,6 +60,7 @@ from srgnn import checkpoint as ckpt
 from srgnn import cuda_graphs
 from srgnn.data import Batch
 from srgnn.memory import keep_freed_memory
+from srgnn.train import LeanAdam
 
 log = get_logger(__name__)
 
@@ -86,6 +87,9 @@ class TrainJobConfig(StageConfig):
     hidden_size: int = opt(100, help="embedding / hidden size d")
     step: int = opt(1, help="gated graph propagation steps")
     static_shapes: bool = opt(False, help="model shapes depend on [B, L] only (for --compile / CUDA graphs)")
+    kernel: str = opt("eager", choices=("eager", "fused"),
+                      help="training loss: eager (srgnn.model, autograd) | fused (srgnn.fused_cpu: one native "
+                           "forward and backward; float32 on CPU, compiled on first use; ~1.5-2x faster at 1,000 items)")
     # ---- optimisation (defaults of the official code) ------------------------------------
     epochs: int = opt(30, help="maximum number of epochs")
     batch_size: int = opt(100, help="GLOBAL batch size; each of the W ranks takes batch_size / W")
@@ -128,6 +132,10 @@ class TrainJobConfig(StageConfig):
             raise ConfigError(f"option --patience: must be >= 1, got {self.patience}")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 0:
             raise ConfigError("option --checkpoint-every-steps: must be >= 0")
+        if self.kernel == "fused" and (self.device == "cuda" or self.bf16 or self.compile or self.cuda_graphs
+                                       or self.static_shapes):
+            raise ConfigError("option --kernel fused: float32 on the CPU only; it excludes --device cuda, --bf16, "
+                              "--compile, --cuda-graphs and --static-shapes")
         if self.cuda_graphs and (self.compile or self.device == "cpu"):
             raise ConfigError("option --cuda-graphs: needs a CUDA device and excludes --compile (got "
                               f"--device {self.device}{' --compile' if self.compile else ''})")
@@ -151,7 +159,7 @@ class TrainJobConfig(StageConfig):
 
     def model_options(self) -> dict[str, Any]:
         return {"variant": self.variant, "readout": self.readout, "hidden_size": self.hidden_size,
-                "step": self.step, "static_shapes": self.static_shapes or self.cuda_graphs}
+                "step": self.step, "static_shapes": self.static_shapes or self.cuda_graphs, "kernel": self.kernel}
 
 
 # =============================================================================================
@@ -414,7 +422,7 @@ def job_optimizer(params, cfg: TrainJobConfig, device: torch.device) -> torch.op
     too under ``--cuda-graphs``."""
     if cfg.cuda_graphs:
         return cuda_graphs.make_optimizer(params, cfg.lr, cfg.l2, device)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.l2, fused=True)
+    return LeanAdam(params, lr=cfg.lr, weight_decay=cfg.l2)
 
 
 def forward(model: torch.nn.Module, batch: Batch, variant: str, targets: bool = False) -> torch.Tensor:
@@ -722,6 +730,9 @@ def _train(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, trac
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if cfg.bf16 and ctx.device.type == "cuda" else None)
 
+    if cfg.kernel == "fused" and ctx.device.type != "cpu":
+        raise ConfigError(f"option --kernel fused runs on the CPU; this process got {ctx.device} (--device auto "
+                          "picks CUDA when there is one): pass --device cpu or --kernel eager")
     model = build_model(cfg, n_items, max_len)
     vocab = read_item_vocab(cfg)
     warm = {}

@@ -72,9 +72,40 @@ def lr_for_epoch(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_decay ** ((epoch + shift) // cfg.lr_decay_step)
 
 
+class LeanAdam(torch.optim.Adam):
+    """``torch.optim.Adam(fused=True)`` whose ``step`` calls the fused kernel directly when nothing
+    else is needed: one parameter group, every parameter with a dense gradient and its state made
+    (the first step goes through Adam.step), no amsgrad / maximize / capturable / differentiable,
+    no closure. Same update (``torch._fused_adam_``, what Adam.step calls), same state_dict; it
+    skips ~0.2 ms of Python bookkeeping per step, ~5% of a 1,000-item CPU step (issue 4)."""
+
+    def __init__(self, params, lr: float, weight_decay: float):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+    def step(self, closure=None):
+        if closure is not None or len(self.param_groups) != 1:
+            return super().step(closure)
+        group = self.param_groups[0]
+        params = group["params"]
+        if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
+                or torch.is_tensor(group["lr"])
+                or any(p.grad is None or p.grad.is_sparse or not self.state[p] for p in params)):
+            return super().step()
+        states = [self.state[p] for p in params]
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)
+        beta1, beta2 = group["betas"]
+        torch._fused_adam_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                           [s["exp_avg_sq"] for s in states], [], steps, lr=group["lr"], beta1=beta1,
+                           beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                           maximize=False)
+        return None
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=cfg.fused_adam or None)
+    if cfg.fused_adam:
+        return LeanAdam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _autocast(device: torch.device, amp: str):

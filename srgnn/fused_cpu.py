@@ -1,0 +1,115 @@
+"""SR-GNN's training loss on the CPU as one native forward and one native backward (``kernel: fused``).
+
+The same loss and gradients as :meth:`srgnn.model.SRGNN.forward` with targets (the tests hold the two
+to 1e-5 for every variant and readout), for float32 on the CPU. :mod:`srgnn.model` stays the paper's
+reference; this is its engine for small catalogs, where eager PyTorch spends most of a step on ~400
+small calls and their autograd records rather than on arithmetic (docs/benchmarks.md, issue 4).
+The C++ source (``csrc/srgnn_fused_cpu.cpp``) is compiled on first use with the C++ compiler and
+ninja (``torch.utils.cpp_extension``), ~1 minute, and cached under ``$TORCH_EXTENSIONS_DIR``
+(default ``~/.cache/torch_extensions``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sysconfig
+import time
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from pipelines.errors import ConfigError, InputError
+from pipelines.log import get_logger
+
+log = get_logger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "srgnn_fused_cpu.cpp"
+READOUT_CODES = {"hybrid": 0, "att": 1, "last": 2, "avg": 3}
+_lock = threading.Lock()
+_extension: ModuleType | None = None
+
+
+def extension() -> ModuleType:
+    """The compiled kernel (built once per machine and source version, then loaded from the cache)."""
+    global _extension
+    with _lock:
+        if _extension is None:
+            from torch.utils.cpp_extension import load
+            if shutil.which("ninja") is None:   # pip's ninja sits beside this interpreter, maybe not on PATH
+                os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + os.environ.get("PATH", "")
+            if shutil.which(os.environ.get("CXX", "c++")) is None:
+                raise ConfigError("kernel 'fused' compiles C++ on first use: no C++ compiler (c++ or $CXX) on "
+                                  "PATH; install one (e.g. apt-get install g++) or use kernel 'eager'")
+            start = time.perf_counter()
+            avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+            flags = ["-O3", "-mavx2", "-mfma"] if avx2 else ["-O3"]   # built per machine kind
+            _extension = load(name="srgnn_fused_cpu" + ("_avx2" if avx2 else ""), sources=[str(SOURCE)],
+                              extra_cflags=flags)
+            log.info("kernel 'fused': %s loaded in %.1fs (built on first use on a machine, then cached)",
+                     SOURCE.name, time.perf_counter() - start)
+    return _extension
+
+
+def parameter_slots(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The model's parameters in the kernel's slot order (empty tensors for unused readout slots)."""
+    gnn, empty = model.gnn, torch.empty(0)
+
+    def linear(name: str) -> list[torch.Tensor]:
+        layer = getattr(model, name, None)
+        if layer is None:
+            return [empty, empty]
+        return [layer.weight, layer.bias if layer.bias is not None else empty]
+
+    slots = [model.embedding.weight, gnn.w_ih, gnn.w_hh, gnn.b_ih, gnn.b_hh,
+             *linear("linear_one"), *linear("linear_two"), linear("linear_three")[0], *linear("linear_transform"),
+             gnn.linear_edge_in.weight, gnn.linear_edge_in.bias, gnn.b_iah,
+             gnn.linear_edge_out.weight, gnn.linear_edge_out.bias, gnn.b_oah]
+    if model.cfg.variant == "fc":
+        slots += [gnn.linear_edge_fc_in.weight, gnn.linear_edge_fc_in.bias, gnn.b_fc_in,
+                  gnn.linear_edge_fc_out.weight, gnn.linear_edge_fc_out.bias, gnn.b_fc_out]
+    return slots
+
+
+class FusedLoss(torch.autograd.Function):
+    """mean_b CE(SR-GNN(items_b), target_b) with the kernel's hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, items, lengths, ngc_w, targets, options, *params):
+        step, fc, readout = options
+        out = extension().forward(items, lengths, ngc_w, targets, list(params), step, fc, readout)
+        ctx.options, ctx.saved = options, out[1:]
+        ctx.save_for_backward(lengths, targets, *params)
+        return out[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        lengths, targets, *params = ctx.saved_tensors
+        step, fc, readout = ctx.options
+        grads = extension().backward(grad.contiguous(), ctx.saved, lengths, targets, params, step, fc, readout)
+        ctx.saved = None   # one backward per forward
+        return (None, None, None, None, None,
+                *(g if p.numel() else None for g, p in zip(grads, params)))
+
+
+def fused_loss(model: torch.nn.Module, items: torch.Tensor, lengths: torch.Tensor, ngc_w: torch.Tensor | None,
+               targets: torch.Tensor) -> torch.Tensor:
+    """The model's mean training loss on one batch, through the native kernel."""
+    cfg = model.cfg
+    weight = model.embedding.weight
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        raise ConfigError(f"kernel 'fused' runs float32 on the CPU (the model is {weight.dtype} on "
+                          f"{weight.device}); use kernel 'eager' there")
+    if items.dim() != 2 or lengths.shape != (items.shape[0],) or targets.shape != (items.shape[0],):
+        raise InputError(f"batch shapes: items {tuple(items.shape)}, lengths {tuple(lengths.shape)}, "
+                         f"targets {tuple(targets.shape)} (expected [B, L], [B], [B])")
+    if cfg.variant == "ngc":
+        if ngc_w is None:
+            raise ConfigError("model variant 'ngc' needs the ngc_w edge weights (shards' ngc_w column)")
+        ngc = ngc_w.to(torch.float32).contiguous()
+    else:
+        ngc = torch.empty(0)
+    options = (cfg.step, cfg.variant == "fc", READOUT_CODES[cfg.readout])
+    return FusedLoss.apply(items.to(torch.int64).contiguous(), lengths.to(torch.int64).contiguous(), ngc,
+                           targets.to(torch.int64).contiguous(), options, *parameter_slots(model))
