@@ -187,7 +187,7 @@ std::pair<Tensor, Tensor> node_projection(const std::vector<Tensor>& params, int
 }  // namespace
 
 // Forward: {loss, then what backward needs}. Saved layout: the graph (GRAPH_HEAD + 4 per pair), then
-// {W_h, b_h, the distinct items' vectors}, per GGNN step {v, inputs, gh, [r | z], n}, then
+// {W_h, b_h, the distinct items' vectors}, per GGNN step {v, inputs, [H | gh], [r | z], n}, then
 // {v_final, [s_g | s_l], sigma, alpha, s, log_p}.
 std::vector<Tensor> srgnn_forward(const Tensor& items, const Tensor& lengths, const Tensor& ngc_w,
                                   const Tensor& targets, const std::vector<Tensor>& params, int64_t step,
@@ -231,14 +231,28 @@ std::vector<Tensor> srgnn_forward(const Tensor& items, const Tensor& lengths, co
       }
     });
     Tensor gi = at::addmm(params[3], inputs, params[1].t());         // [M, 3d]
-    Tensor gh = HG.narrow(1, K * d, 3 * d);
-    if (t == 0) gh = gh.index_select(0, node_item_id);               // [M, 3d]
-    // (ATen's vectorised sigmoid / tanh: scalar expf would cost more than the products)
-    Tensor rz = at::add(gi.narrow(1, 0, 2 * d), gh.narrow(1, 0, 2 * d)).sigmoid_();
-    Tensor r = rz.narrow(1, 0, d), z = rz.narrow(1, d, d);            // Eq. 3: reset r; Eq. 2: update z
-    Tensor n = at::addcmul(gi.narrow(1, 2 * d, d), r, gh.narrow(1, 2 * d, d)).tanh_();  // Eq. 4
-    Tensor h_new = at::addcmul(n, z, h - n);                          // Eq. 5: n + z (v - n)
-    saved.insert(saved.end(), {h, inputs, gh, rz, n});
+    // Eq. 2-5 on [gi | gh]; gh is row row_of(m) of HG's last 3d columns. The sigmoid and tanh are
+    // ATen's (vectorised): scalar expf would cost more than the products.
+    Tensor rz = at::empty({M, 2 * d}, h.options()), n = at::empty({M, d}, h.options()),
+           h_new = at::empty({M, d}, h.options());
+    const float *pgi = gi.data_ptr<float>(), *ph_ = h.data_ptr<float>();
+    float *prz = rz.data_ptr<float>(), *pn = n.data_ptr<float>(), *pnew = h_new.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m) {
+      const float *g = pgi + m * 3 * d, *gh = pHG + (row_of ? row_of[m] : m) * HW + K * d;
+      for (int64_t j = 0; j < 2 * d; ++j) prz[m * 2 * d + j] = g[j] + gh[j];
+    }
+    rz.sigmoid_();                                                    // [r | z]: Eq. 3 reset r, Eq. 2 update z
+    for (int64_t m = 0; m < M; ++m) {
+      const float *g = pgi + m * 3 * d + 2 * d, *gh = pHG + (row_of ? row_of[m] : m) * HW + K * d + 2 * d,
+                  *r = prz + m * 2 * d;
+      for (int64_t j = 0; j < d; ++j) pn[m * d + j] = g[j] + r[j] * gh[j];
+    }
+    n.tanh_();                                                        // Eq. 4: candidate state
+    for (int64_t m = 0; m < M; ++m) {
+      const float *z = prz + m * 2 * d + d, *v = ph_ + m * d, *c = pn + m * d;
+      for (int64_t j = 0; j < d; ++j) pnew[m * d + j] = c[j] + z[j] * (v[j] - c[j]);   // Eq. 5
+    }
+    saved.insert(saved.end(), {h, inputs, HG, rz, n});
     h = h_new;
   }
 
@@ -403,7 +417,7 @@ std::vector<Tensor> srgnn_backward(const Tensor& grad_loss, const std::vector<Te
   for (int64_t t = step - 1; t >= 0; --t) {
     RECORD_FUNCTION("srgnn_fused.ggnn_backward", std::vector<c10::IValue>());
     const size_t o = n_graph + 3 + 5 * t;
-    const Tensor &h_in = saved[o], &inputs = saved[o + 1], &gh = saved[o + 2], &rz = saved[o + 3],
+    const Tensor &h_in = saved[o], &inputs = saved[o + 1], &HG = saved[o + 2], &rz = saved[o + 3],
                  &n = saved[o + 4];
     // [dH | dgh]: per node, or (step 1) summed per distinct item, as the forward projected them
     const bool per_item = t == 0;
@@ -411,13 +425,15 @@ std::vector<Tensor> srgnn_backward(const Tensor& grad_loss, const std::vector<Te
     Tensor dgi = at::empty({M, 3 * d}, s.options());
     Tensor dHG = at::zeros({per_item ? U : M, HW}, s.options());
     Tensor dh_prev = at::empty({M, d}, s.options());
-    const int64_t gh_stride = gh.stride(0);
-    const float *prz = rz.data_ptr<float>(), *pn = n.data_ptr<float>(), *pgh = gh.data_ptr<float>(),
+    const float *prz = rz.data_ptr<float>(), *pn = n.data_ptr<float>(), *pHG = HG.data_ptr<float>(),
                 *phi = h_in.data_ptr<float>(), *pd = dh.data_ptr<float>();
     float *pgi_ = dgi.data_ptr<float>(), *pHG_ = dHG.data_ptr<float>(), *pp = dh_prev.data_ptr<float>();
+    std::vector<float> bias_sum(3 * d, 0.f);                          // d b_ih = column sums of dgi
+    float* bsum = bias_sum.data();
     for (int64_t m = 0; m < M; ++m) {
-      float *gi3 = pgi_ + m * 3 * d, *gh3 = pHG_ + (row_of ? row_of[m] : m) * HW + K * d;
-      const float *pr = prz + m * 2 * d, *pz = pr + d, *ghn = pgh + m * gh_stride + 2 * d;
+      const int64_t row = row_of ? row_of[m] : m;
+      float *gi3 = pgi_ + m * 3 * d, *gh3 = pHG_ + row * HW + K * d;
+      const float *pr = prz + m * 2 * d, *pz = pr + d, *ghn = pHG + row * HW + K * d + 2 * d;
       const float *pdm = pd + m * d, *phm = phi + m * d, *pnm = pn + m * d;
       float* ppm = pp + m * d;
 #pragma GCC ivdep
@@ -430,10 +446,14 @@ std::vector<Tensor> srgnn_backward(const Tensor& grad_loss, const std::vector<Te
         const float dpre_r = dpre_n * ghn[j] * pr[j] * (1.f - pr[j]);
         gi3[j] = dpre_r; gi3[d + j] = dpre_z; gi3[2 * d + j] = dpre_n;
         gh3[j] += dpre_r; gh3[d + j] += dpre_z; gh3[2 * d + j] += dpre_n * pr[j];
+        bsum[j] += dpre_r; bsum[d + j] += dpre_z; bsum[2 * d + j] += dpre_n;
       }
     }
     d_wih.addmm_(dgi.t(), inputs);
-    d_bih.add_(dgi.sum(0));
+    {
+      float* pb = d_bih.data_ptr<float>();
+      for (int64_t j = 0; j < 3 * d; ++j) pb[j] += bsum[j];
+    }
     Tensor dinputs = at::mm(dgi, params[1]);                          // [M, K d]
     d_c.add_(dinputs.sum(0));
     const float* pdi = dinputs.data_ptr<float>();
