@@ -4,6 +4,8 @@ The kernel is compiled once per machine (~35 s on 2 cores, cached under ~/.cache
 """
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -124,3 +126,20 @@ def test_lean_adam_is_adam():
             assert torch.equal(x, y), i
     assert torch.equal(lean.state_dict()["state"][0]["step"], ref.state_dict()["state"][0]["step"])
     assert lean.state_dict()["state"][1]["step"] == 5
+
+    # a checkpoint round trip (torch.save, weights_only load) carries on with the same updates
+    buffer = io.BytesIO()
+    torch.save(lean.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = LeanAdam(b, lr=1e-3, weight_decay=1e-5)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for _ in range(2):
+        grads = [torch.randn_like(t) for t in a]
+        for params in (a, b):
+            for t, grad in zip(params, grads):
+                t.grad = grad.clone()
+        ref.step()
+        resumed.step()
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert [int(s["step"]) for s in resumed.state.values()] == [8, 7]
