@@ -237,7 +237,7 @@ def batches_in_memory(shards: Path, batch_size: int, limit: int | None = None) -
 
 def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: str, variant: str = "srgnn",
               bf16: bool = False, compile_: bool = False, warmup: int = 5, graphs: bool = False,
-              static: bool = False, compile_mode: str = "default") -> tuple[float, float, int]:
+              static: bool = False, compile_mode: str = "default", kernel: str = "eager") -> tuple[float, float, int]:
     """The job's train_epoch over device-resident batches: (pairs/s, seconds, pairs).
 
     ``graphs``: the whole step captured as one CUDA graph (srgnn.cuda_graphs, the job's
@@ -251,7 +251,7 @@ def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: st
     keep_freed_memory()  # as the job does
     cfg = TrainJobConfig(output="/unused", run_date=RUN_DATE, variant=variant, hidden_size=hidden,
                          batch_size=len(batches[0]), static_shapes=compile_ or static, bf16=bf16,
-                         cuda_graphs=graphs)
+                         cuda_graphs=graphs, kernel=kernel)
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(cfg, n_items, max_len).to(dev)
@@ -308,14 +308,15 @@ def graph_parity(batches: list, n_items: int, max_len: int, hidden: int, device:
 
 
 def job_epoch(out: Path, nprocs: int, hidden: int, batch_size: int, device: str, threads: int,
-              variant: str = "srgnn", bf16: bool = False, workers: int = 1, graphs: bool = False) -> dict:
+              variant: str = "srgnn", bf16: bool = False, workers: int = 1, graphs: bool = False,
+              kernel: str = "eager") -> dict:
     """One epoch of the real job (train_job / launch_local); its own pairs/s and timings."""
     from srgnn.distributed import TrainJobConfig, launch_local, train_job
 
     cfg = TrainJobConfig(output=str(out), run_date=RUN_DATE, epochs=1, hidden_size=hidden, batch_size=batch_size,
                          device=device, num_threads=threads, progress=False, mlflow_tracking_uri="none",
                          variant=variant, bf16=bf16, verify_manifest=False, reader_workers=workers,
-                         deterministic=device == "cpu", eval_batch_size=500, cuda_graphs=graphs)
+                         deterministic=device == "cpu", eval_batch_size=500, cuda_graphs=graphs, kernel=kernel)
     result = train_job(cfg) if nprocs == 1 else launch_local(cfg, nprocs)
     h = result["history"][0]
     return {"pairs_per_s": h["pairs_per_s"], "train_seconds": h["train_seconds"], "eval_seconds": h["eval_seconds"],
@@ -342,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, default=1e9,
                    help="gpu mode: start no further measurement after this many seconds")
     p.add_argument("--reader-workers", type=int, default=1)
+    p.add_argument("--kernel", default="eager", choices=("eager", "fused"),
+                   help="cpu mode: the training loss's engine (srgnn.fused_cpu for fused)")
     p.add_argument("--data", default=str(ROOT / "bench" / "_data" / "train_ddp"))
     args = p.parse_args(argv)
 
@@ -359,13 +362,14 @@ def main(argv: list[str] | None = None) -> None:
               f"{inp:,.0f} pairs/s over {n:,} pairs", flush=True)
         torch.set_num_threads(nproc)
         batches = load_batches(shards, args.batch_size, args.step_batches or 300)
-        step, secs, n = step_rate(batches, n_items, max_len, args.hidden, "cpu")
-        print(f"model step alone (in-memory batches, {nproc} threads, d={args.hidden}, {n_items:,} items): "
+        step, secs, n = step_rate(batches, n_items, max_len, args.hidden, "cpu", kernel=args.kernel)
+        print(f"model step alone (in-memory batches, {nproc} threads, d={args.hidden}, {n_items:,} items, "
+              f"kernel {args.kernel}): "
               f"{step:,.0f} pairs/s over {n:,} pairs", flush=True)
         figures = {}
         for w in [int(x) for x in args.procs.split(",")]:
             threads = max(1, nproc // w)
-            r = job_epoch(data, w, args.hidden, args.batch_size, "cpu", threads)
+            r = job_epoch(data, w, args.hidden, args.batch_size, "cpu", threads, kernel=args.kernel)
             figures[w] = r["pairs_per_s"]
             print(f"job, {w} process(es) x {threads} thread(s): {r['pairs_per_s']:,.0f} pairs/s, epoch "
                   f"{r['train_seconds']:.1f}s train + {r['eval_seconds']:.1f}s eval, {r['examples']:,.0f} pairs, "
