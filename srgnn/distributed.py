@@ -57,7 +57,7 @@ from pipelines.errors import ConfigError, InputError, PipelineError
 from pipelines.log import get_logger
 from pipelines.tables import local_path, normalize_root
 from srgnn import checkpoint as ckpt
-from srgnn import cuda_graphs
+from srgnn import cuda_graphs, fused_cpu
 from srgnn.data import Batch
 from srgnn.memory import keep_freed_memory
 from srgnn.train import LeanAdam
@@ -514,6 +514,8 @@ def train_epoch(model, optimizer, batches: Iterator[Batch], schedule: list[int],
     dummy = dummy_batch(max_len, ctx.device)
     local_batch = cfg.batch_size // ctx.world_size
     accum = dict(accum or {"loss_sum": 0.0, "examples": 0.0})
+    # --kernel fused on an unwrapped model (no DDP, no torch.compile): gradients without autograd
+    direct = graphed is None and getattr(getattr(model, "cfg", None), "kernel", "eager") == "fused"
     loss_sum_dev = torch.zeros((), dtype=torch.float64, device=ctx.device)  # no host sync per step
     examples = float(accum["examples"])
     it = iter(batches)
@@ -532,6 +534,14 @@ def train_epoch(model, optimizer, batches: Iterator[Batch], schedule: list[int],
             batch, weight = dummy, 0.0
         if graphed is not None:  # copied into the graph's fixed buffers (padded), then one replay
             loss_sum = graphed.step(batch, weight)
+        elif direct:             # --kernel fused in one process: the kernel sets the gradients itself
+            batch = batch.to(ctx.device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            ngc_w = batch.ngc_w if cfg.variant == "ngc" else None
+            loss_mean = fused_cpu.loss_and_grads(model, batch.items, batch.lengths, ngc_w, batch.targets,
+                                                 scale=len(batch) * weight)
+            loss_sum = loss_mean.float() * len(batch)
+            optimizer.step()
         else:
             batch = batch.to(ctx.device, non_blocking=True)
             with autocast or nullcontext():   # the model's fused loss path (mean CE, Eq. 9-10)

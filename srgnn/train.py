@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from pipelines.config import StageConfig, opt
 from pipelines.errors import ConfigError
 from pipelines.log import get_logger
+from srgnn import fused_cpu
 from srgnn.data import Batch
 from srgnn.memory import keep_freed_memory
 from srgnn.metrics import MetricAccumulator
@@ -140,9 +141,12 @@ def train_step(model: SRGNN, optimizer: torch.optim.Optimizer, batch: Batch, amp
     batch = batch.to(device, non_blocking=True)
     forward = model if forward is None else forward
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(device, amp):
-        loss = forward(batch.items, batch.lengths, batch.ngc_w, batch.targets)
-    loss.backward()
+    if forward is model and model.cfg.kernel == "fused":   # the native kernel, without autograd's round trip
+        loss = fused_cpu.loss_and_grads(model, batch.items, batch.lengths, batch.ngc_w, batch.targets)
+    else:
+        with _autocast(device, amp):
+            loss = forward(batch.items, batch.lengths, batch.ngc_w, batch.targets)
+        loss.backward()
     optimizer.step()
     return loss.detach()
 

@@ -56,6 +56,26 @@ def test_fused_loss_and_gradients_equal_the_eager_models(variant, readout, step)
         torch.testing.assert_close(p.grad, want[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradients_without_autograd_equal_autograd_backward(variant):
+    """fused_cpu.loss_and_grads (the single-process trainers' path) = scale * loss.backward() through
+    FusedLoss, and it adds to gradients already there, as backward() does."""
+    torch.manual_seed(0)
+    model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, variant=variant, max_len=L, kernel="fused"))
+    items, lengths, ngc, targets = batch(5, variant)
+    (fused_cpu.fused_loss(model, items, lengths, ngc, targets) * 2.5).backward()
+    want = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    loss = fused_cpu.loss_and_grads(model, items, lengths, ngc, targets, scale=2.5)
+    assert not loss.requires_grad
+    assert loss.item() == pytest.approx(fused_cpu.fused_loss(model, items, lengths, ngc, targets).item(), abs=0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[name], atol=0, rtol=0, msg=name)
+    fused_cpu.loss_and_grads(model, items, lengths, ngc, targets, scale=2.5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, 2 * want[name], atol=1e-7, rtol=1e-6, msg=name)
+
+
 def test_fused_training_follows_eager_training():
     """Twenty Adam steps on a 200-item catalog (items 1..50 clicked) whose next item is the last one + 1: the two engines
     end at the same weights (to float32 rounding), and the loss goes down."""

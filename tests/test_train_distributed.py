@@ -145,14 +145,19 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fused_kernel_through_ddp_matches_the_eager_model(tmp_path):
-    """``--kernel fused`` in 2 gloo processes (DDP's hooks see the kernel's gradients) against the
-    eager model in 1 process, on the same global batches as above: same weights and metrics to
-    float32 rounding after one epoch, for SR-GNN-NGC (the shards' ngc_w reach the kernel)."""
+    """``--kernel fused`` in 1 process (gradients set without autograd) and in 2 gloo processes
+    (through autograd, so DDP's hooks see them) against the eager model in 1 process, on the same
+    global batches as above: same weights and metrics to float32 rounding after one epoch, for
+    SR-GNN-NGC (the shards' ngc_w reach the kernel)."""
     write_shards(tmp_path, RUN_DATE, {"train": (tile(markov_examples(8, 1), 5), 8),
                                       "valid": (markov_examples(50, 2), 10),
                                       "test": (markov_examples(30, 3), 10)})
     one = train_job(small_config(tmp_path, shuffle=False, variant="ngc"))
     w_one = {k: v.clone() for k, v in _weights(tmp_path).items()}
+    fused_one = train_job(small_config(tmp_path, shuffle=False, variant="ngc", kernel="fused", device="cpu"))
+    for name, value in _weights(tmp_path).items():   # one process: the kernel sets the gradients itself
+        torch.testing.assert_close(value, w_one[name], atol=1e-5, rtol=0)
+    assert fused_one["history"][0]["train_examples"] == one["history"][0]["train_examples"]
     two = launch_local(small_config(tmp_path, shuffle=False, variant="ngc", kernel="fused", device="cpu"),
                        nprocs=2)
     assert two["world_size"] == 2 and one["history"][0]["train_examples"] == two["history"][0]["train_examples"]
