@@ -237,7 +237,7 @@ def batches_in_memory(shards: Path, batch_size: int, limit: int | None = None) -
 
 def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: str, variant: str = "srgnn",
               bf16: bool = False, compile_: bool = False, warmup: int = 5, graphs: bool = False,
-              static: bool = False, compile_mode: str = "default", kernel: str = "eager") -> tuple[float, float, int]:
+              static: bool = False, compile_mode: str = "default", kernel: str = "auto") -> tuple[float, float, int]:
     """The job's train_epoch over device-resident batches: (pairs/s, seconds, pairs).
 
     ``graphs``: the whole step captured as one CUDA graph (srgnn.cuda_graphs, the job's
@@ -309,7 +309,7 @@ def graph_parity(batches: list, n_items: int, max_len: int, hidden: int, device:
 
 def job_epoch(out: Path, nprocs: int, hidden: int, batch_size: int, device: str, threads: int,
               variant: str = "srgnn", bf16: bool = False, workers: int = 1, graphs: bool = False,
-              kernel: str = "eager") -> dict:
+              kernel: str = "auto") -> dict:
     """One epoch of the real job (train_job / launch_local); its own pairs/s and timings."""
     from srgnn.distributed import TrainJobConfig, launch_local, train_job
 
@@ -343,8 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, default=1e9,
                    help="gpu mode: start no further measurement after this many seconds")
     p.add_argument("--reader-workers", type=int, default=1)
-    p.add_argument("--kernel", default="eager", choices=("eager", "fused"),
-                   help="cpu mode: the training loss's engine (srgnn.fused_cpu for fused)")
+    p.add_argument("--kernel", default="auto", choices=("auto", "eager", "fused"),
+                   help="the training loss's engine (srgnn.fused_cpu for fused; auto: fused on CPU float32)")
     p.add_argument("--data", default=str(ROOT / "bench" / "_data" / "train_ddp"))
     args = p.parse_args(argv)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the CPU benchmarks one after another on an otherwise idle machine and keep their logs.
 #
-#   bash bench/idle_run.sh                 # training (1k, 40k items; eager and fused kernels), scoring (100k x 40k)
+#   bash bench/idle_run.sh                 # training (1k, 40k items; default kernel and eager), scoring (100k x 40k)
 #   bash bench/idle_run.sh stage1 stage2   # add stage 1 (1M + 10M clicks) and stages 1+2 (10M)
 #
 # Each command runs under /usr/bin/time -v and under the shared lock /tmp/srgnn-bench.lock (so two
@@ -24,9 +24,9 @@ run() {
 }
 
 run train_1k $PY bench/train_throughput.py --items 1000 --pairs 50000 --batch-size 100 --device cpu --threads 2 --products-floor
-run train_1k_fused $PY bench/train_throughput.py --items 1000 --pairs 50000 --batch-size 100 --device cpu --threads 2 --products-floor --kernel fused
+run train_1k_eager $PY bench/train_throughput.py --items 1000 --pairs 50000 --batch-size 100 --device cpu --threads 2 --products-floor --kernel eager
 run train_40k $PY bench/train_throughput.py --items 40000 --pairs 20000 --batch-size 100 --device cpu --threads 2
-run train_40k_fused $PY bench/train_throughput.py --items 40000 --pairs 20000 --batch-size 100 --device cpu --threads 2 --kernel fused
+run train_40k_eager $PY bench/train_throughput.py --items 40000 --pairs 20000 --batch-size 100 --device cpu --threads 2 --kernel eager
 run recommend $PY bench/bench_recommend.py --sessions 100000 --items 40000
 for extra in "$@"; do
   case "$extra" in

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from srgnn import cuda_graphs  # noqa: E402
+from srgnn import cuda_graphs, fused_cpu  # noqa: E402
 from srgnn.data import Batch  # noqa: E402
 from srgnn.memory import keep_freed_memory  # noqa: E402
 from srgnn.metrics import MetricAccumulator  # noqa: E402
@@ -151,8 +151,9 @@ def main(argv=None) -> None:
     ap.add_argument("--compile-mode", default="reduce-overhead",
                     help="torch.compile mode (reduce-overhead = CUDA graphs on GPU)")
     ap.add_argument("--static-shapes", action="store_true", help="static shapes without compiling")
-    ap.add_argument("--kernel", default="eager", choices=["eager", "fused"],
-                    help="training loss: eager PyTorch or the native CPU kernel (srgnn.fused_cpu)")
+    ap.add_argument("--kernel", default="auto", choices=["auto", "eager", "fused"],
+                    help="training loss: eager PyTorch, the native CPU kernel (srgnn.fused_cpu), or auto (the kernel "
+                         "where it can run: CPU float32 without --compile/--static-shapes/--amp; the model's default)")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="the whole step (forward, backward, Adam) as one CUDA graph (srgnn.cuda_graphs; CUDA only)")
     ap.add_argument("--no-fused-adam", action="store_true")
@@ -208,7 +209,7 @@ def main(argv=None) -> None:
             return train_step(model, optimizer, b, amp=args.amp, forward=forward)
     print(f"model: d={args.hidden} step={args.step} variant={args.variant} readout={args.readout} "
           f"amp={args.amp} compile={args.compile} cuda_graphs={args.cuda_graphs} static_shapes={static} "
-          f"kernel={args.kernel} "
+          f"kernel={args.kernel} ({'fused' if args.amp == 'none' and fused_cpu.applies(model) else 'eager'}) "
           f"fused_adam={not args.no_fused_adam}", flush=True)
 
     t0 = time.perf_counter()

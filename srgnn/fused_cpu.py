@@ -29,6 +29,7 @@ SOURCE = Path(__file__).with_name("csrc") / "srgnn_fused_cpu.cpp"
 READOUT_CODES = {"hybrid": 0, "att": 1, "last": 2, "avg": 3}
 _lock = threading.Lock()
 _extension: ModuleType | None = None
+_auto_off: str | None = None   # why kernel 'auto' fell back to eager in this process (no compiler, build failed)
 
 
 def extension() -> ModuleType:
@@ -42,14 +43,37 @@ def extension() -> ModuleType:
             if shutil.which(os.environ.get("CXX", "c++")) is None:
                 raise ConfigError("kernel 'fused' compiles C++ on first use: no C++ compiler (c++ or $CXX) on "
                                   "PATH; install one (e.g. apt-get install g++) or use kernel 'eager'")
+            log.info("kernel 'fused': loading %s (built on first use on a machine, ~35 s; then cached)", SOURCE.name)
             start = time.perf_counter()
             avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
             flags = ["-O3", "-mavx2", "-mfma"] if avx2 else ["-O3"]   # built per machine kind
             _extension = load(name="srgnn_fused_cpu" + ("_avx2" if avx2 else ""), sources=[str(SOURCE)],
                               extra_cflags=flags)
-            log.info("kernel 'fused': %s loaded in %.1fs (built on first use on a machine, then cached)",
-                     SOURCE.name, time.perf_counter() - start)
+            log.info("kernel 'fused': %s ready in %.1fs", SOURCE.name, time.perf_counter() - start)
     return _extension
+
+
+def applies(model: torch.nn.Module) -> bool:
+    """Whether the model's training loss goes through this kernel: ``kernel: fused``, or ``auto``
+    where it can run (a float32 CPU model with packed graphs, no autocast, not inside torch.compile,
+    and the kernel built; if it cannot be built, ``auto`` logs why once and stays eager)."""
+    global _auto_off
+    kernel = model.cfg.kernel
+    if kernel != "auto":
+        return kernel == "fused"
+    weight = model.embedding.weight
+    if (weight.device.type != "cpu" or weight.dtype != torch.float32 or model.cfg.static_shapes
+            or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or _auto_off is not None):
+        return False
+    if _extension is None:
+        try:
+            extension()
+        except Exception as exc:   # no compiler, a failed build: eager PyTorch still trains
+            _auto_off = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
+            log.warning("kernel 'auto': the native CPU kernel is unavailable (%s); training with the eager "
+                        "model instead (kernel 'eager' silences this)", _auto_off)
+            return False
+    return True
 
 
 def parameter_slots(model: torch.nn.Module) -> list[torch.Tensor]:

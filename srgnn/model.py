@@ -23,7 +23,7 @@ from srgnn.graph_batch import SessionGraph, build_session_graph
 
 VARIANTS = ("srgnn", "ngc", "fc")
 READOUTS = ("hybrid", "att", "last", "avg")
-KERNELS = ("eager", "fused")
+KERNELS = ("auto", "eager", "fused")
 
 
 @dataclass
@@ -41,9 +41,9 @@ class ModelConfig(StageConfig):
                        help="hybrid (Eq. 7) | att (global only, official --nonhybrid) | last | avg")
     max_len: int = opt(50, help="clicks kept per prefix (the shards' L)")
     static_shapes: bool = opt(False, help="shapes depend on [B, L] only (CUDA graphs / torch.compile)")
-    kernel: str = opt("eager", choices=KERNELS,
+    kernel: str = opt("auto", choices=KERNELS,
                       help="training loss: eager (this module, autograd) | fused (srgnn.fused_cpu: one native "
-                           "forward and backward, float32 CPU)")
+                           "forward and backward, float32 CPU) | auto (fused where it can run, else eager)")
 
     def validate(self) -> None:
         super().validate()
@@ -234,8 +234,9 @@ class SRGNN(nn.Module):
 
         With ``targets`` (item indices 1..n): the mean cross-entropy loss instead (Eq. 9-10), by a
         fused path that never returns the logits (training; works through DDP / torch.compile), or
-        with ``kernel: fused`` the native CPU kernel of :mod:`srgnn.fused_cpu` (same loss and gradients)."""
-        if targets is not None and self.cfg.kernel == "fused":
+        with ``kernel: fused`` (or ``auto`` on a float32 CPU model) the native CPU kernel of
+        :mod:`srgnn.fused_cpu` (same loss and gradients)."""
+        if targets is not None and fused_cpu.applies(self):
             return fused_cpu.fused_loss(self, items, lengths, ngc_w, targets)
         if targets is None or torch.is_autocast_enabled(items.device.type):
             s = self.session_embedding(items, lengths, ngc_w)

@@ -141,7 +141,7 @@ def train_step(model: SRGNN, optimizer: torch.optim.Optimizer, batch: Batch, amp
     batch = batch.to(device, non_blocking=True)
     forward = model if forward is None else forward
     optimizer.zero_grad(set_to_none=True)
-    if forward is model and model.cfg.kernel == "fused":   # the native kernel, without autograd's round trip
+    if forward is model and amp == "none" and fused_cpu.applies(model):   # the native kernel, no autograd
         loss = fused_cpu.loss_and_grads(model, batch.items, batch.lengths, batch.ngc_w, batch.targets)
     else:
         with _autocast(device, amp):

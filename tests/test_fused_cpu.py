@@ -40,7 +40,7 @@ def batch(seed: int, variant: str) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def test_fused_loss_and_gradients_equal_the_eager_models(variant, readout, step):
     torch.manual_seed(0)
     model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, step=step, variant=variant, readout=readout,
-                              max_len=L))
+                              max_len=L, kernel="eager"))
     items, lengths, ngc, targets = batch(step, variant)
     eager = model(items, lengths, ngc, targets)
     eager.backward()
@@ -120,6 +120,20 @@ def test_fused_kernel_refuses_what_it_cannot_run():
         model(items, lengths, None, torch.full_like(targets, N_ITEMS + 1))
     # without targets (scoring) the model never touches the kernel
     assert model(items, lengths).shape == (len(lengths), N_ITEMS)
+
+
+def test_auto_takes_the_kernel_where_it_can_run():
+    model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L))
+    assert model.cfg.kernel == "auto" and fused_cpu.applies(model)
+    items, lengths, _, targets = batch(0, "srgnn")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused_cpu.applies(model)
+        assert model(items, lengths, None, targets).isfinite()          # the eager model under autocast
+    assert not fused_cpu.applies(SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L, static_shapes=True)))
+    double = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L)).double()
+    assert not fused_cpu.applies(double)
+    assert double(items, lengths, None, targets).dtype == torch.float64  # eager, no error
+    assert not fused_cpu.applies(SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L, kernel="eager")))
 
 
 def test_lean_adam_is_adam():
