@@ -1,12 +1,13 @@
-"""SR-GNN's training loss on the CPU as one native forward and one native backward (``kernel: fused``).
+"""SR-GNN's training loss on the CPU as one native forward and one native backward (``kernel: fused``,
+and what ``kernel: auto``, the default, runs wherever it can: :func:`applies`).
 
 The same loss and gradients as :meth:`srgnn.model.SRGNN.forward` with targets (the tests hold the two
-to 1e-5 for every variant and readout), for float32 on the CPU. :mod:`srgnn.model` stays the paper's
-reference; this is its engine for small catalogs, where eager PyTorch spends most of a step on ~400
-small calls and their autograd records rather than on arithmetic (docs/benchmarks.md, issue 4).
-The C++ source (``csrc/srgnn_fused_cpu.cpp``) is compiled on first use with the C++ compiler and
-ninja (``torch.utils.cpp_extension``), ~1 minute, and cached under ``$TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``).
+to 1e-6 for every variant, readout and step count), for float32 on the CPU. :mod:`srgnn.model` stays
+the paper's reference; this is its engine on CPUs, where eager PyTorch spends most of a small
+catalog's step on ~400 small calls and their autograd records rather than on arithmetic
+(docs/benchmarks.md, issue 4). The C++ source (``csrc/srgnn_fused_cpu.cpp``) is compiled on first
+use with the C++ compiler and ninja (``torch.utils.cpp_extension``), ~35 s on 2 cores, and cached
+under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``).
 """
 from __future__ import annotations
 

@@ -20,7 +20,6 @@
 #include <torch/extension.h>
 
 #include <algorithm>
-#include <cmath>
 #include <utility>
 #include <vector>
 
