@@ -7,10 +7,16 @@ the paper's reference; this is its engine on CPUs, where eager PyTorch spends mo
 catalog's step on ~400 small calls and their autograd records rather than on arithmetic
 (docs/benchmarks.md, issue 4). The C++ source (``csrc/srgnn_fused_cpu.cpp``) is compiled on first
 use with the C++ compiler and ninja (``torch.utils.cpp_extension``), ~35 s on 2 cores, and cached
-under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``).
+under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) in a folder named by a hash of
+the source, the compiler flags, torch's version and the interpreter's ABI (:func:`build_name`). Once
+a folder holds a finished build, any checkout or virtualenv with the same source, torch and Python
+imports it directly, with no compiler, ninja or rebuild. torch's own up-to-date check would rebuild
+whenever the source path or torch's include path differs, such as a CI clone beside a working copy.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import shutil
 import sysconfig
@@ -31,25 +37,63 @@ READOUT_CODES = {"hybrid": 0, "att": 1, "last": 2, "avg": 3}
 _lock = threading.Lock()
 _extension: ModuleType | None = None
 _auto_off: str | None = None   # why kernel 'auto' fell back to eager in this process (no compiler, build failed)
+BUILT_MARK = "srgnn_build_complete"   # written into a build folder once its module imported
+
+
+def compiler_flags() -> list[str]:
+    """-mavx2 -mfma where torch reports AVX2/AVX512 (so a build is per machine kind), else none."""
+    avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    return ["-O3", "-mavx2", "-mfma"] if avx2 else ["-O3"]
+
+
+def build_name(source: bytes, flags: list[str]) -> str:
+    """The module's and its build folder's name: a hash of what the build depends on (the source,
+    the flags, torch's version, the interpreter's extension ABI), not of where the files lie."""
+    key = hashlib.sha256()
+    for part in (source, " ".join(flags).encode(), torch.__version__.encode(),
+                 str(sysconfig.get_config_var("EXT_SUFFIX")).encode()):
+        key.update(part + b"\0")
+    return f"srgnn_fused_cpu_{key.hexdigest()[:16]}"
+
+
+def build_folder(name: str) -> Path:
+    """``$TORCH_EXTENSIONS_DIR/<name>`` (default root ``~/.cache/torch_extensions``)."""
+    from torch.utils.cpp_extension import get_default_build_root
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+
+
+def _import_built(name: str, folder: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.so")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def extension() -> ModuleType:
-    """The compiled kernel (built once per machine and source version, then loaded from the cache)."""
+    """The compiled kernel: imported from its build folder when a finished build is there, else
+    built (once per machine kind and source version, ~35 s) and then imported."""
     global _extension
     with _lock:
         if _extension is None:
+            flags = compiler_flags()
+            name = build_name(SOURCE.read_bytes(), flags)
+            folder = build_folder(name)
+            if (folder / BUILT_MARK).is_file():
+                _extension = _import_built(name, folder)
+                log.info("kernel 'fused': %s imported from %s", SOURCE.name, folder)
+                return _extension
             from torch.utils.cpp_extension import load
             if shutil.which("ninja") is None:   # pip's ninja sits beside this interpreter, maybe not on PATH
                 os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + os.environ.get("PATH", "")
             if shutil.which(os.environ.get("CXX", "c++")) is None:
                 raise ConfigError("kernel 'fused' compiles C++ on first use: no C++ compiler (c++ or $CXX) on "
                                   "PATH; install one (e.g. apt-get install g++) or use kernel 'eager'")
-            log.info("kernel 'fused': loading %s (built on first use on a machine, ~35 s; then cached)", SOURCE.name)
+            log.info("kernel 'fused': building %s into %s (once per machine kind and source version, ~35 s)",
+                     SOURCE.name, folder)
             start = time.perf_counter()
-            avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-            flags = ["-O3", "-mavx2", "-mfma"] if avx2 else ["-O3"]   # built per machine kind
-            _extension = load(name="srgnn_fused_cpu" + ("_avx2" if avx2 else ""), sources=[str(SOURCE)],
-                              extra_cflags=flags)
+            folder.mkdir(parents=True, exist_ok=True)
+            _extension = load(name=name, sources=[str(SOURCE)], extra_cflags=flags, build_directory=str(folder))
+            (folder / BUILT_MARK).write_text(f"{SOURCE.name} {' '.join(flags)} torch {torch.__version__}\n")
             log.info("kernel 'fused': %s ready in %.1fs", SOURCE.name, time.perf_counter() - start)
     return _extension
 

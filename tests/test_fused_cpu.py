@@ -5,6 +5,10 @@ The kernel is compiled once per machine (~35 s on 2 cores, cached under ~/.cache
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +138,32 @@ def test_auto_takes_the_kernel_where_it_can_run():
     assert not fused_cpu.applies(double)
     assert double(items, lengths, None, targets).dtype == torch.float64  # eager, no error
     assert not fused_cpu.applies(SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L, kernel="eager")))
+
+
+def test_the_build_is_named_by_what_it_depends_on_and_reused_without_a_compiler(tmp_path):
+    """Built once, the kernel's folder is found from any checkout with the same source: a process
+    from another copy of the source, with no compiler or ninja on PATH, imports it as it is."""
+    module = fused_cpu.extension()
+    flags = fused_cpu.compiler_flags()
+    source = fused_cpu.SOURCE.read_bytes()
+    name = fused_cpu.build_name(source, flags)
+    folder = fused_cpu.build_folder(name)
+    assert Path(module.__file__).parent == folder and (folder / fused_cpu.BUILT_MARK).is_file()
+    assert fused_cpu.build_name(source, flags) == name                  # the same inputs, the same name
+    assert fused_cpu.build_name(source + b" ", flags) != name           # another source, another build
+    assert fused_cpu.build_name(source, [*flags, "-DX"]) != name        # other flags, another build
+    copy = tmp_path / "checkout"
+    (copy / "srgnn" / "csrc").mkdir(parents=True)
+    (copy / "srgnn" / "csrc" / fused_cpu.SOURCE.name).write_bytes(source)
+    root = Path(fused_cpu.__file__).resolve().parents[1]
+    script = (f"import sys; sys.path.insert(0, {str(root)!r}); from pathlib import Path; "
+              "from srgnn import fused_cpu; "
+              f"fused_cpu.SOURCE = Path({str(copy / 'srgnn' / 'csrc' / fused_cpu.SOURCE.name)!r}); "
+              "print(fused_cpu.extension().__file__)")
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}               # no c++, no ninja
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert Path(out.stdout.strip().splitlines()[-1]).parent == folder
 
 
 def test_lean_adam_is_adam():
