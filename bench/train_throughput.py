@@ -94,7 +94,8 @@ def matmul_gflops(batch: int, d: int, n_items: int, device, dtype=torch.float32,
 
 
 def products_floor(step, batches, device, reps: int = 7) -> tuple[float, float]:
-    """(MFLOP, median ms) per step of the step's matrix products alone: their shapes are recorded
+    """(MFLOP, median ms) per step of the step's matrix products alone (``mm``, ``addmm`` and the
+    in-place ``addmm_`` the native kernel accumulates gradients with): their shapes are recorded
     with the profiler over ``batches``, then replayed on random tensors of the same shapes. The
     rate they allow is what the step could reach if everything but the products were free."""
     from torch.profiler import ProfilerActivity, profile
@@ -105,8 +106,9 @@ def products_floor(step, batches, device, reps: int = 7) -> tuple[float, float]:
     calls = []
     for e in prof.events():
         shapes = [tuple(s) for s in e.input_shapes if s]
-        if e.name == "aten::addmm":      # bias, a, b
-            calls.append((torch.addmm, shapes[:3], 2 * shapes[1][0] * shapes[1][1] * shapes[2][1]))
+        if e.name in ("aten::addmm", "aten::addmm_"):      # bias or accumulator, a, b
+            fn = torch.addmm if e.name == "aten::addmm" else torch.Tensor.addmm_
+            calls.append((fn, shapes[:3], 2 * shapes[1][0] * shapes[1][1] * shapes[2][1]))
         elif e.name == "aten::mm":
             calls.append((torch.mm, shapes[:2], 2 * shapes[0][0] * shapes[0][1] * shapes[1][1]))
     args = [[torch.randn(*s, device=device) for s in shapes] for _, shapes, _ in calls]
