@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from bench.machine import cpu_model  # noqa: E402
 from srgnn.data import batches_from_arrays, pad_prefixes  # noqa: E402
-from srgnn.model import SRGNN, ModelConfig  # noqa: E402
+from srgnn.model import READOUTS, SRGNN, ModelConfig  # noqa: E402
 from srgnn.train import TrainConfig, train  # noqa: E402
 
 PAIRS = ROOT / "tests" / "fixtures" / "official_preprocess_pairs.json"
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--variant", default="srgnn", choices=("srgnn", "fc"))
-    p.add_argument("--readout", default="hybrid", choices=("hybrid", "att", "last", "avg"))
+    p.add_argument("--variant", default="srgnn", choices=("srgnn", "fc"), help="not ngc: the pairs carry no ngc_w")
+    p.add_argument("--readout", default="hybrid", choices=READOUTS)
     p.add_argument("--step", type=int, default=1)
     p.add_argument("--max-len", type=int, default=50)
     args = p.parse_args(argv)
