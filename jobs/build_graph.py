@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.cli import run_job  # noqa: E402
+from srgnn.core.cli import run_job  # noqa: E402
 from pipelines.graph import GraphConfig, build_graph  # noqa: E402
 from pipelines.spark import get_spark  # noqa: E402
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.cli import run_job  # noqa: E402
+from srgnn.core.cli import run_job  # noqa: E402
 from pipelines.sessions import SessionsConfig, build_sessions  # noqa: E402
 from pipelines.spark import get_spark  # noqa: E402
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.cli import run_job  # noqa: E402
+from srgnn.core.cli import run_job  # noqa: E402
 from srgnn.distributed import TrainJobConfig, train_job  # noqa: E402
 
 

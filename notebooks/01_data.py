@@ -51,7 +51,8 @@ PLOTS_DIR = param("plots_dir", "")
 from pyspark.sql import functions as F
 
 from pipelines.spark import get_spark
-from pipelines.tables import TableStore, local_path, read_json
+from pipelines.tables import TableStore
+from srgnn.core.fs import local_path, read_json
 
 spark = get_spark("srgnn-notebook-data", table_format=TABLE_FORMAT)
 store = TableStore(OUTPUT, TABLE_FORMAT)

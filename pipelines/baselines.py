@@ -55,8 +55,8 @@ import torch
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.errors import ConfigError, InputError
-from pipelines.log import get_logger
+from srgnn.core.errors import ConfigError, InputError
+from srgnn.core.log import get_logger
 
 log = get_logger(__name__)
 

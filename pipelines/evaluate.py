@@ -33,10 +33,12 @@ import torch
 from tqdm.auto import tqdm
 
 from pipelines.baselines import BASELINES, BaselineParams, FittedBaselines, check_sessions, fit_baselines, training_sessions
-from pipelines.config import StageConfig, opt
-from pipelines.errors import ConfigError, InputError
-from pipelines.log import get_logger
-from pipelines.tables import TableStore, local_path, normalize_root, path_exists, write_json_atomic
+from srgnn.core.config import StageConfig, opt
+from srgnn.core.errors import ConfigError, InputError
+from srgnn.core.log import get_logger
+from pipelines.tables import TableStore, path_exists
+from srgnn.core.fs import local_path, write_json_atomic
+from srgnn.core.layout import normalize_root
 
 log = get_logger(__name__)
 
@@ -155,7 +157,7 @@ def _is_export(path: str) -> bool:
 
 
 def _default_name(path: str) -> str:
-    from pipelines.tables import read_json
+    from srgnn.core.fs import read_json
 
     variant = read_json(os.path.join(path, "config.json")).get("model", {}).get("variant", "srgnn")
     return "srgnn" if variant == "srgnn" else f"srgnn-{variant}"

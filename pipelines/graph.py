@@ -38,10 +38,12 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from pipelines.config import StageConfig, opt
-from pipelines.errors import ConfigError, InputError
-from pipelines.log import get_logger
-from pipelines.tables import FORMATS, TableStore, atomic_write_dir, local_path, read_json, write_json_atomic
+from srgnn.core.config import StageConfig, opt
+from srgnn.core.errors import ConfigError, InputError
+from srgnn.core.log import get_logger
+from pipelines.tables import TableStore, atomic_write_dir
+from srgnn.core.contracts import TABLE_FORMATS as FORMATS
+from srgnn.core.fs import local_path, read_json, write_json_atomic
 
 log = get_logger(__name__)
 

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from pipelines.config import StageConfig, load_yaml_mapping, opt
-from pipelines.errors import ConfigError
-from pipelines.log import get_logger
-from pipelines.tables import FORMATS, TableStore, local_path, read_json
+from srgnn.core.config import StageConfig, load_yaml_mapping, opt
+from srgnn.core.errors import ConfigError
+from srgnn.core.log import get_logger
+from pipelines.tables import TableStore
+from srgnn.core.contracts import TABLE_FORMATS as FORMATS
+from srgnn.core.fs import local_path, read_json
 
 log = get_logger(__name__)
 

@@ -24,10 +24,11 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
-from pipelines.config import StageConfig, opt
-from pipelines.errors import ConfigError, InputError, PipelineError
-from pipelines.log import get_logger
-from pipelines.tables import TableStore, local_path, read_json, write_json_atomic
+from srgnn.core.config import StageConfig, opt
+from srgnn.core.errors import ConfigError, InputError, PipelineError
+from srgnn.core.log import get_logger
+from pipelines.tables import TableStore
+from srgnn.core.fs import local_path, read_json, write_json_atomic
 
 log = get_logger(__name__)
 

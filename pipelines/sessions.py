@@ -34,10 +34,11 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from pipelines import sources
-from pipelines.config import StageConfig, opt
-from pipelines.errors import ConfigError, InputError
-from pipelines.log import get_logger
-from pipelines.tables import TableStore, write_json_atomic
+from srgnn.core.config import StageConfig, opt
+from srgnn.core.errors import ConfigError, InputError
+from srgnn.core.log import get_logger
+from pipelines.tables import TableStore
+from srgnn.core.fs import write_json_atomic
 
 log = get_logger(__name__)
 

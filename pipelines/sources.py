@@ -24,8 +24,8 @@ from typing import Sequence
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from pipelines.errors import InputError
-from pipelines.log import get_logger
+from srgnn.core.errors import InputError
+from srgnn.core.log import get_logger
 
 log = get_logger(__name__)
 

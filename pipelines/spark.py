@@ -16,8 +16,8 @@ import shutil
 import subprocess
 import sys
 
-from pipelines.errors import EnvironmentProblem
-from pipelines.log import get_logger
+from srgnn.core.errors import EnvironmentProblem
+from srgnn.core.log import get_logger
 
 log = get_logger(__name__)
 

@@ -10,56 +10,51 @@ Tables live under a root (``OUT``) and are partitioned by ``run_date``:
   name at ``OUT/<table>``, written with ``replaceWhere run_date = <date>`` (atomic by the Delta log).
 
 Rerunning a job for the same run date therefore replaces that date's rows and never duplicates them.
-Side files (stats, manifests) go through :func:`write_json_atomic` (temp file + rename).
+Side files (stats, manifests) go through :mod:`srgnn.core.fs` (temp file + rename).
 """
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
-from pipelines.errors import ConfigError, InputError
-from pipelines.log import get_logger
+from srgnn.core.contracts import PARTITION_COLUMN, TABLE_FORMATS
+from srgnn.core.errors import ConfigError, InputError
+from srgnn.core.fs import STAGING_PREFIX, TRASH_PREFIX, token
+from srgnn.core.layout import Layout
+from srgnn.core.log import get_logger
 
 log = get_logger(__name__)
 
-FORMATS = ("parquet", "delta")
-PARTITION_COLUMN = "run_date"
 
-
-def normalize_root(root: str) -> str:
-    """Absolute local path for scheme-less roots; URIs (dbfs:/, s3://, file:/...) unchanged."""
-    if "://" in root or root.startswith(("dbfs:", "file:")):
-        return root.rstrip("/")
-    return os.path.abspath(root)
-
-
-def _hadoop_fs(spark, path: str):
+def hadoop_fs(spark, path: str):
     jvm = spark._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
 
 
 def path_exists(spark, path: str) -> bool:
-    fs, hpath = _hadoop_fs(spark, path)
+    fs, hpath = hadoop_fs(spark, path)
     return bool(fs.exists(hpath))
 
 
 def atomic_write_dir(spark, final_path: str, write: Callable[[str], None]) -> str:
     """Run ``write(staging_path)`` then swap the staging folder in place of ``final_path``.
 
-    The staging folder is a sibling named ``_staging-<uuid>`` so readers of the parent ignore it.
+    The staging folder is a sibling named ``_staging-<token>`` (no ``=``), so readers of the parent
+    never take it for a partition.
     """
-    parent, name = final_path.rstrip("/").rsplit("/", 1)
-    token = uuid.uuid4().hex[:12]
-    staging = f"{parent}/_staging-{name}-{token}"
-    trash = f"{parent}/_trash-{name}-{token}"
-    write(staging)
-    fs, final_h = _hadoop_fs(spark, final_path)
+    parent = final_path.rstrip("/").rsplit("/", 1)[0]
+    tok = token()
+    staging = f"{parent}/{STAGING_PREFIX}{tok}"
+    trash = f"{parent}/{TRASH_PREFIX}{tok}"
+    fs, final_h = hadoop_fs(spark, final_path)
     jvm = spark._jvm
     staging_h, trash_h = jvm.org.apache.hadoop.fs.Path(staging), jvm.org.apache.hadoop.fs.Path(trash)
+    try:
+        write(staging)
+    except BaseException:
+        fs.delete(staging_h, True)  # a failed write leaves no staging litter
+        raise
     had_old = fs.exists(final_h)
     if had_old and not fs.rename(final_h, trash_h):
         raise OSError(f"could not move {final_path} aside")
@@ -78,15 +73,19 @@ class TableStore:
     fmt: str = "parquet"
 
     def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise ConfigError(f"table format {self.fmt!r} is not one of {list(FORMATS)}")
-        object.__setattr__(self, "root", normalize_root(self.root))
+        if self.fmt not in TABLE_FORMATS:
+            raise ConfigError(f"table format {self.fmt!r} is not one of {list(TABLE_FORMATS)}")
+        object.__setattr__(self, "root", self.layout.root)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.root)
 
     def path(self, table: str) -> str:
-        return f"{self.root}/{table}"
+        return self.layout.table(table)
 
     def partition_path(self, table: str, run_date: str) -> str:
-        return f"{self.path(table)}/{PARTITION_COLUMN}={run_date}"
+        return self.layout.partition(table, run_date)
 
     def write(self, df, table: str, run_date: str) -> str:
         """Replace the ``run_date`` partition of ``table`` with ``df`` (atomically for readers)."""
@@ -128,42 +127,3 @@ class TableStore:
             return (spark.read.option("basePath", self.path(table))
                     .parquet(self.partition_path(table, run_date)))
         return self._read_delta(spark, table, run_date)
-
-
-def local_path(path: str) -> str:
-    """A filesystem path for side files: strips file:, maps dbfs:/ to the /dbfs FUSE mount."""
-    if path.startswith("file://"):
-        return path[len("file://"):]
-    if path.startswith("file:"):
-        return path[len("file:"):]
-    if path.startswith("dbfs:/"):
-        return "/dbfs/" + path[len("dbfs:/"):].lstrip("/")
-    return path
-
-
-def write_json_atomic(path: str, obj: Any) -> str:
-    path = local_path(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_json(path: str) -> Any:
-    path = local_path(path)
-    if not os.path.isfile(path):
-        raise InputError(f"file not found: {path}")
-    with open(path) as fh:
-        return json.load(fh)
-
-
-def file_url(path: str) -> str:
-    """URL form for Petastorm/pyarrow readers: file:///abs/path for local paths."""
-    if "://" in path:
-        return path
-    if path.startswith("file:"):
-        return "file://" + path[len("file:"):]
-    return "file://" + os.path.abspath(path)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.errors import InputError
+from srgnn.core.errors import InputError
 
 CKPT_RE = re.compile(r"^ckpt-epoch(\d{4,})-step(\d{7,})\.pt$")
 BEST_NAME = "best.pt"

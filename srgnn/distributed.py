@@ -52,10 +52,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipelines.config import StageConfig, opt
-from pipelines.errors import ConfigError, InputError, PipelineError
-from pipelines.log import get_logger
-from pipelines.tables import local_path, normalize_root
+from srgnn.core.config import StageConfig, opt
+from srgnn.core.errors import ConfigError, InputError, PipelineError
+from srgnn.core.log import get_logger
+from srgnn.core.fs import local_path
+from srgnn.core.layout import normalize_root
 from srgnn import checkpoint as ckpt
 from srgnn import cuda_graphs, fused_cpu
 from srgnn.data import Batch

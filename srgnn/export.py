@@ -16,9 +16,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pipelines.errors import InputError
-from pipelines.log import get_logger
-from pipelines.tables import local_path
+from srgnn.core.errors import InputError
+from srgnn.core.log import get_logger
+from srgnn.core.fs import local_path
 from srgnn.model import SRGNN, ModelConfig
 
 log = get_logger(__name__)

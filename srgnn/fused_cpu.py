@@ -27,8 +27,8 @@ from types import ModuleType
 
 import torch
 
-from pipelines.errors import ConfigError, InputError
-from pipelines.log import get_logger
+from srgnn.core.errors import ConfigError, InputError
+from srgnn.core.log import get_logger
 
 log = get_logger(__name__)
 

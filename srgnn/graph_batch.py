@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelines.errors import InputError
+from srgnn.core.errors import InputError
 
 
 @dataclass

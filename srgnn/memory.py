@@ -19,7 +19,7 @@ import ctypes
 import ctypes.util
 import sys
 
-from pipelines.log import get_logger
+from srgnn.core.log import get_logger
 
 log = get_logger(__name__)
 

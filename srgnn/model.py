@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.config import StageConfig, opt
-from pipelines.errors import ConfigError
+from srgnn.core.config import StageConfig, opt
+from srgnn.core.errors import ConfigError
 from srgnn import fused_cpu
 from srgnn.graph_batch import SessionGraph, build_session_graph
 

@@ -25,8 +25,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from pipelines.errors import InputError
-from pipelines.tables import file_url, local_path, normalize_root, read_json
+from srgnn.core.errors import InputError
+from srgnn.core.fs import file_url, local_path, read_json
+from srgnn.core.layout import normalize_root
 
 MANIFEST_NAME = "_manifest.json"
 SCHEMA_VERSION = 1

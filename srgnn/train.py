@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from pipelines.config import StageConfig, opt
-from pipelines.errors import ConfigError
-from pipelines.log import get_logger
+from srgnn.core.config import StageConfig, opt
+from srgnn.core.errors import ConfigError
+from srgnn.core.log import get_logger
 from srgnn import fused_cpu
 from srgnn.data import Batch
 from srgnn.memory import keep_freed_memory

@@ -11,7 +11,7 @@ from chispa import assert_df_equality
 
 from pipelines.baselines import (BaselineParams, VSKNNScorer, fit_baselines, item_cooccurrence,
                                  popularity_tie_break, ranked_items, sequential_rules, training_sessions)
-from pipelines.errors import ConfigError, InputError
+from srgnn.core.errors import ConfigError, InputError
 
 SESSIONS_SCHEMA = "session_id string, split string, item_idx array<int>, session_order long"
 GRAPH_SCHEMA = "src_idx int, dst_idx int, count long, weight double, in_weight double"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.errors import ConfigError
+from srgnn.core.errors import ConfigError
 from srgnn.cuda_graphs import GraphedTrainStep
 from srgnn.data import Batch
 from srgnn.distributed import DistContext, TrainState, build_model, train_epoch, train_job

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipelines.evaluate import EvaluateConfig, best_model, evaluate, evaluation_rows
-from pipelines.errors import ConfigError, InputError
+from srgnn.core.errors import ConfigError, InputError
 from pipelines.tables import TableStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_job_reruns_idempotently_and_errors_are_one_line(spark, sample_eval, tmp
 
     # bad input: one line, exit 2 (in-process, through the same job entry point)
     import importlib.util
-    from pipelines.cli import run_job
+    from srgnn.core.cli import run_job
 
     spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
     job = importlib.util.module_from_spec(spec)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from pipelines.errors import InputError
+from srgnn.core.errors import InputError
 from srgnn.export import load_model, save_model
 from srgnn.model import SRGNN, ModelConfig
 

@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from pipelines.config import StageConfig, opt
-from pipelines.errors import ConfigError, EnvironmentProblem, InputError
-from pipelines.tables import TableStore, read_json, write_json_atomic
+from srgnn.core.config import StageConfig, opt
+from srgnn.core.errors import ConfigError, EnvironmentProblem, InputError
+from pipelines.tables import TableStore
+from srgnn.core.fs import read_json, write_json_atomic
 
 
 @dataclasses.dataclass

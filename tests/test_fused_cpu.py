@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.errors import ConfigError
+from srgnn.core.errors import ConfigError
 from srgnn import fused_cpu
 from srgnn.model import READOUTS, SRGNN, VARIANTS, ModelConfig
 from srgnn.train import LeanAdam, TrainConfig, make_optimizer, train_step

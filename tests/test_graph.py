@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 
-from pipelines.errors import InputError
+from srgnn.core.errors import InputError
 from pipelines.graph import (GraphConfig, build_graph, item_graph, padded_examples, recent_fraction_sessions,
                              session_transitions, sessions_with_ngc_weights)
-from pipelines.tables import TableStore, write_json_atomic
+from pipelines.tables import TableStore
+from srgnn.core.fs import write_json_atomic
 from srgnn.data import augment_sessions
 from srgnn.reader import load_manifest, read_split, shard_files, shards_dir
 
@@ -342,7 +343,7 @@ def test_sample_graph_weights_sum_to_one_per_source(spark, sample_stage2):
 
 
 def test_config_from_yaml_and_command_line(tmp_path):
-    from pipelines.errors import ConfigError
+    from srgnn.core.errors import ConfigError
 
     y = tmp_path / "c.yaml"
     y.write_text("build_graph:\n  valid_share: 0\n  max_len: 20\n  world_size: 4\n")

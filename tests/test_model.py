@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.errors import ConfigError
+from srgnn.core.errors import ConfigError
 from srgnn.graph_batch import build_session_graph
 from srgnn.model import READOUTS, SRGNN, ModelConfig
 
@@ -280,7 +280,7 @@ def test_packed_path_has_the_same_gradients_as_the_static_shapes_path(variant):
 
 
 def test_bad_lengths_are_named():
-    from pipelines.errors import InputError
+    from srgnn.core.errors import InputError
     with pytest.raises(InputError, match=r"lengths in \[0, 2\]"):
         build_session_graph(torch.tensor([[1, 2], [3, 0]]), torch.tensor([2, 0]))
     with pytest.raises(InputError, match="1..2"):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.errors import ConfigError
+from srgnn.core.errors import ConfigError
 from pipelines.nightly import (REFERENCE_END, REFERENCE_START, STAGES, NightlyConfig, config_reference,
                                stage_configs)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.errors import InputError
+from srgnn.core.errors import InputError
 from srgnn.reader import (examples_count, iter_batches, load_manifest, read_split, shard_examples, shards_dir,
                           split_url, verify_manifest)
 

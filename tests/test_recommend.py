@@ -14,7 +14,7 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.errors import InputError
+from srgnn.core.errors import InputError
 from pipelines.recommend import (RecommendConfig, explode_top_k, padded_sessions, popular_items,
                                  recommend, session_clicks, session_counts, session_item_indices,
                                  clicks_with_item_index, sessions_to_score)
@@ -62,7 +62,7 @@ def test_mask_seen_hides_the_sessions_items_but_not_item_one_for_padding():
 
 
 def test_config_from_cli_and_yaml(tmp_path):
-    from pipelines.errors import ConfigError
+    from srgnn.core.errors import ConfigError
 
     yaml_file = tmp_path / "nightly.yaml"
     yaml_file.write_text("recommend:\n  k: 10\n  split: all\n  batch_size: 64\n")

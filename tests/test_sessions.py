@@ -18,11 +18,12 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from bench.synth import SynthConfig, generate_clicks
-from pipelines.errors import ConfigError
+from srgnn.core.errors import ConfigError
 from pipelines.sessions import (SessionsConfig, build_sessions, item_vocabulary, order_key_bits,
                                 parse_fraction, sessions_from_clicks, split_sessions, stats_path,
                                 with_dense_order)
-from pipelines.tables import TableStore, read_json
+from pipelines.tables import TableStore
+from srgnn.core.fs import read_json
 from srgnn.data import augment_sessions
 
 ROOT = Path(__file__).resolve().parents[1]

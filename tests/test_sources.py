@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from pipelines import sources
-from pipelines.errors import InputError
+from srgnn.core.errors import InputError
 from pipelines.sessions import SessionsConfig, build_sessions, read_parsed
 from pipelines.tables import TableStore
 

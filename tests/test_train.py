@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.errors import ConfigError
+from srgnn.core.errors import ConfigError
 from srgnn.data import augment_sessions, batches_from_arrays, pad_prefixes
 from srgnn.metrics import MetricAccumulator
 from srgnn.model import SRGNN, ModelConfig

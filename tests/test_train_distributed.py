@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.errors import ConfigError
+from srgnn.core.errors import ConfigError
 from srgnn.distributed import (DistContext, TrainJobConfig, evaluate, launch_local, step_schedule,
                                train_job)
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines.cli import run_job
-from pipelines.errors import ConfigError
+from srgnn.core.cli import run_job
+from srgnn.core.errors import ConfigError
 from srgnn import checkpoint as ckpt
 from srgnn.distributed import TrainJobConfig, per_rank_batch, train_job
 from test_train_distributed import RUN_DATE, markov_examples, small_config, write_shards

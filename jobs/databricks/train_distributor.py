@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.cli import run_job  # noqa: E402
+from srgnn.core.cli import run_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
-from pipelines.errors import ConfigError
+from srgnn.core.errors import ConfigError
 
 C = TypeVar("C", bound="StageConfig")
 

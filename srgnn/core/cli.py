@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from pipelines.errors import PipelineError
+from srgnn.core.errors import PipelineError
 
 
 def run_job(main: Callable[[], object]) -> None:

@@ -4,7 +4,7 @@
 class PipelineError(Exception):
     """A problem with the input, the configuration or the environment that the user must fix.
 
-    Jobs catch it in :func:`pipelines.cli.run_job` and print ``error: <message>`` on one line.
+    Jobs catch it in :func:`srgnn.core.cli.run_job` and print ``error: <message>`` on one line.
     The message names the file, column, table or count at fault.
     """
 

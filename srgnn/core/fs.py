@@ -1,0 +1,193 @@
+"""Filesystem access for everything the pipeline writes outside Spark: JSON side files, manifests,
+checkpoints, model exports, reports.
+
+Local paths (and ``file:`` URIs, and ``dbfs:/`` through Databricks' ``/dbfs`` mount) go through the
+operating system; other URIs (``s3://``, ``gs://``, ``abfss://``, ``hdfs://`` ...) through fsspec.
+
+Atomic replacement for readers: a file is written to a hidden temporary name in its folder and
+renamed over the target; a folder is written to a hidden staging folder beside it and swapped in by
+two renames. Staging and trash names start with ``_`` and hold no ``=``, so Spark's and pandas'
+partition discovery never takes them for a partition.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Callable
+
+from srgnn.core.errors import InputError
+
+STAGING_PREFIX = "_staging-"
+TRASH_PREFIX = "_trash-"
+
+
+def token() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def is_local(path: str) -> bool:
+    """True for plain paths, ``file:`` URIs and ``dbfs:/`` (the ``/dbfs`` mount)."""
+    return "://" not in path or path.startswith(("file:", "dbfs:"))
+
+
+def local_path(path: str) -> str:
+    """A filesystem path for a local location: strips ``file:``, maps ``dbfs:/`` to ``/dbfs``."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    if path.startswith("file:"):
+        return path[len("file:"):]
+    if path.startswith("dbfs:/"):
+        return "/dbfs/" + path[len("dbfs:/"):].lstrip("/")
+    return path
+
+
+def file_url(path: str) -> str:
+    """URL form for Petastorm/pyarrow readers: ``file:///abs/path`` for local paths."""
+    if "://" in path:
+        return path
+    if path.startswith("file:"):
+        return "file://" + path[len("file:"):]
+    return "file://" + os.path.abspath(local_path(path))
+
+
+def _fsspec(path: str):
+    import fsspec
+
+    fs, rel = fsspec.core.url_to_fs(path)
+    return fs, rel
+
+
+# ---- reading -----------------------------------------------------------------------------------
+def exists(path: str) -> bool:
+    if is_local(path):
+        return os.path.exists(local_path(path))
+    fs, rel = _fsspec(path)
+    return fs.exists(rel)
+
+
+def isdir(path: str) -> bool:
+    if is_local(path):
+        return os.path.isdir(local_path(path))
+    fs, rel = _fsspec(path)
+    return fs.isdir(rel)
+
+
+def read_bytes(path: str) -> bytes:
+    try:
+        if is_local(path):
+            with open(local_path(path), "rb") as fh:
+                return fh.read()
+        fs, rel = _fsspec(path)
+        return fs.cat_file(rel)
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder where a file was expected") from None
+
+
+def read_json(path: str) -> Any:
+    data = read_bytes(path)
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc})") from None
+
+
+# ---- writing -----------------------------------------------------------------------------------
+def makedirs(path: str) -> None:
+    if is_local(path):
+        target = local_path(path)
+        if os.path.exists(target) and not os.path.isdir(target):
+            raise InputError(f"{path} is a file where a folder belongs; move it away")
+        try:
+            os.makedirs(target, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InputError(f"cannot create folder {path}: a file is in the way") from None
+        return
+    fs, rel = _fsspec(path)
+    fs.makedirs(rel, exist_ok=True)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` so that readers see the old content or the new, never a part."""
+    if not is_local(path):
+        fs, rel = _fsspec(path)
+        fs.pipe_file(rel, data)  # object stores publish a whole object on completion
+        return path
+    target = local_path(path)
+    folder = os.path.dirname(target) or "."
+    makedirs(folder)
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{token()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def write_json_atomic(path: str, obj: Any) -> str:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_file_atomic(path: str, write: Callable[[Any], None]) -> str:
+    """Call ``write(binary_file_handle)`` for a temporary file, then rename it onto ``path``."""
+    if not is_local(path):
+        import io
+
+        buf = io.BytesIO()
+        write(buf)
+        return write_bytes_atomic(path, buf.getvalue())
+    target = local_path(path)
+    folder = os.path.dirname(target) or "."
+    makedirs(folder)
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{token()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def replace_dir_atomic(final: str, write: Callable[[str], None]) -> str:
+    """Run ``write(staging_dir)`` for a local staging folder beside ``final``, then swap it in.
+
+    A reader of ``final`` sees the old folder or the new one. On failure the staging folder is
+    removed and ``final`` is left as it was.
+    """
+    target = os.path.abspath(local_path(final).rstrip("/"))
+    parent = os.path.dirname(target)
+    makedirs(parent)
+    tok = token()
+    staging = os.path.join(parent, f"{STAGING_PREFIX}{tok}")
+    trash = os.path.join(parent, f"{TRASH_PREFIX}{tok}")
+    os.makedirs(staging)
+    try:
+        write(staging)
+        had_old = os.path.exists(target)
+        if had_old:
+            os.rename(target, trash)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            if had_old:
+                os.rename(trash, target)
+            raise
+        if had_old:
+            shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
