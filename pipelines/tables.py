@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from srgnn.core.commit import RunCommit
 from srgnn.core.contracts import PARTITION_COLUMN, TABLE_FORMATS
 from srgnn.core.errors import ConfigError, InputError
 from srgnn.core.fs import STAGING_PREFIX, TRASH_PREFIX, token
@@ -87,8 +88,13 @@ class TableStore:
     def partition_path(self, table: str, run_date: str) -> str:
         return self.layout.partition(table, run_date)
 
-    def write(self, df, table: str, run_date: str) -> str:
-        """Replace the ``run_date`` partition of ``table`` with ``df`` (atomically for readers)."""
+    def write(self, df, table: str, run_date: str, commit: RunCommit | None = None) -> str:
+        """Replace the ``run_date`` partition of ``table`` with ``df`` (atomically for readers).
+
+        With ``commit`` (parquet), the partition is written to staging now and published with the
+        run's other outputs when the commit publishes; Delta writes are atomic per table by the
+        Delta log and happen now.
+        """
         from pyspark.sql import functions as F
 
         spark = df.sparkSession
@@ -96,7 +102,10 @@ class TableStore:
             df = df.drop(PARTITION_COLUMN)
         if self.fmt == "parquet":
             target = self.partition_path(table, run_date)
-            atomic_write_dir(spark, target, lambda p: df.write.mode("overwrite").parquet(p))
+            if commit is not None:
+                commit.add(target, lambda p: df.write.mode("overwrite").parquet(p))
+            else:
+                atomic_write_dir(spark, target, lambda p: df.write.mode("overwrite").parquet(p))
         else:
             target = self.path(table)
             (df.withColumn(PARTITION_COLUMN, F.lit(run_date).cast("date"))

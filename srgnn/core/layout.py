@@ -8,6 +8,7 @@
     OUT/mlruns/                                                     stage 3 (default MLflow store)
     OUT/stats/run_date=D/<stage>.json                               every stage
     OUT/reports/run_date=D/                                         evaluation
+    OUT/_locks/, OUT/_commits/                                      run control (srgnn.core.commit)
 
 The root may be a local path (made absolute) or a URI (``file:``, ``dbfs:/``, ``s3://`` ...).
 """
@@ -81,3 +82,10 @@ class Layout:
 
     def report(self, run_date: str, name: str) -> str:
         return f"{self.reports(run_date)}/{name}"
+
+    # ---- run control (names start with "_": never read as tables) ---------------------------
+    def lock(self, stage: str, run_date: str) -> str:
+        return f"{self.root}/_locks/{stage}-{check_run_date(run_date)}.lock"
+
+    def commit_journal(self, stage: str, run_date: str) -> str:
+        return f"{self.root}/_commits/{stage}-{check_run_date(run_date)}.json"

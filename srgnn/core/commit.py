@@ -1,0 +1,266 @@
+"""Run-level commits: a stage publishes all its outputs for a run date at once, or none of them.
+
+A stage writes every output (table partitions, folders, side files) to a hidden staging location
+beside its final place, then publishes them together::
+
+    with RunCommit(layout, "build_sessions", run_date) as commit:   # lock, then recover / sweep
+        commit.add(final_path, write=lambda staging: ...)          # writes into staging now
+        commit.add_json(layout.stats(run_date, "build_sessions.json"), stats)
+    # leaving the block without an error publishes; with an error, removes the staging copies
+
+Publishing first writes a journal ``OUT/_commits/<stage>-<run_date>.json`` listing every
+(staging -> final) move, then makes the moves (old folder aside to a trash name, staging onto the
+final name), then removes the trash and the journal. A process killed at any point leaves either no
+journal (nothing was published: the old outputs stand, the staging copies are swept by the next run)
+or a journal whose moves the next run of the same stage and date completes first (roll forward): all
+staging copies were complete before the journal was written. So readers see, per output, the old
+version or the new one, and after the next run, all of one run.
+
+Staging and trash names are ``_staging-<stage>-<run_date>-<token>`` / ``_trash-...``: they start
+with ``_`` and hold no ``=``, so Spark and pandas never take them for partitions.
+
+One writer per (OUT, stage, run date): :class:`RunLock` (see there) is taken before anything else.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from srgnn.core import faults
+from srgnn.core.errors import PipelineError
+from srgnn.core.fs import is_local, local_path, token, write_bytes_atomic
+from srgnn.core.layout import Layout
+from srgnn.core.log import get_logger
+
+log = get_logger(__name__)
+
+
+class LockHeld(PipelineError):
+    """Another run holds the lock of this (OUT, stage, run date)."""
+
+
+def _holder() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+class RunLock:
+    """An exclusive lock on ``OUT/_locks/<stage>-<run_date>.lock``.
+
+    Local roots (and ``dbfs:/`` through its mount): ``flock`` on the lock file, which the kernel
+    releases when the holder dies (kill -9 included), so a dead holder's lock is simply free. The
+    file names the holder (host, pid, start time) for the error a second run prints.
+    """
+
+    def __init__(self, layout: Layout, stage: str, run_date: str):
+        self.path = layout.lock(stage, run_date)
+        self.stage, self.run_date = stage, run_date
+        self._fh = None
+
+    def acquire(self) -> "RunLock":
+        if not is_local(self.path):
+            raise PipelineError(f"locks on {self.path}: object-store roots are not supported yet")
+        path = local_path(self.path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            text = fh.read().strip()
+            fh.close()
+            try:
+                h = json.loads(text)
+                who = f"host {h['host']} pid {h['pid']} since {h['started']}"
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise LockHeld(f"{self.stage} for run_date={self.run_date} is already running ({who}); "
+                           f"lock {self.path}") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps(_holder()) + "\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@dataclass
+class _Move:
+    staging: str
+    final: str
+
+    @property
+    def trash(self) -> str:
+        parent, name = os.path.split(self.staging)
+        return os.path.join(parent, "_trash-" + name[len("_staging-"):])
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _apply(move: _Move) -> None:
+    """Put ``move.staging`` in place of ``move.final``; safe to repeat after a kill at any point."""
+    staging, final, trash = (local_path(p) for p in (move.staging, move.final, move.trash))
+    if os.path.lexists(staging):
+        if os.path.isdir(staging):
+            if os.path.lexists(final):
+                if os.path.lexists(trash):
+                    _remove(final)
+                else:
+                    os.rename(final, trash)
+            os.rename(staging, final)
+        else:
+            os.replace(staging, final)
+    _remove(trash)
+
+
+@dataclass
+class RunCommit:
+    """Stage outputs of one (stage, run date) and publish them together (see the module doc)."""
+
+    layout: Layout
+    stage: str
+    run_date: str
+    moves: list[_Move] = field(default_factory=list)
+    _lock: RunLock | None = None
+    _after: list[Callable[[], None]] = field(default_factory=list)
+
+    # ---- staging -----------------------------------------------------------------------------
+    def staging_for(self, final: str, suffix: str = "") -> str:
+        """A fresh staging path beside ``final`` (registered for publishing)."""
+        parent = final.rstrip("/").rsplit("/", 1)[0]
+        staging = f"{parent}/_staging-{self.stage}-{self.run_date}-{token()}{suffix}"
+        self.moves.append(_Move(staging, final.rstrip("/")))
+        return staging
+
+    def add(self, final: str, write: Callable[[str], None]) -> str:
+        """``write(staging)`` now; ``final`` becomes that staging folder when the commit publishes."""
+        staging = self.staging_for(final)
+        if is_local(staging):
+            os.makedirs(os.path.dirname(local_path(staging)), exist_ok=True)
+        write(staging)
+        return staging
+
+    def add_json(self, final: str, obj: Any) -> str:
+        staging = self.staging_for(final, ".json")
+        text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+        write_bytes_atomic(staging, text.encode())
+        return staging
+
+    def after_publish(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once everything is published (e.g. a Delta write, which is atomic alone)."""
+        self._after.append(action)
+
+    # ---- publishing --------------------------------------------------------------------------
+    def journal_path(self) -> str:
+        return self.layout.commit_journal(self.stage, self.run_date)
+
+    def publish(self) -> None:
+        faults.point(f"{self.stage}:before_publish")
+        journal = {"stage": self.stage, "run_date": self.run_date, "holder": _holder(),
+                   "moves": [{"staging": m.staging, "final": m.final} for m in self.moves]}
+        write_bytes_atomic(self.journal_path(), (json.dumps(journal, indent=2) + "\n").encode())
+        for i, move in enumerate(self.moves):
+            faults.point(f"{self.stage}:publish:{i}")
+            _apply(move)
+        os.unlink(local_path(self.journal_path()))
+        faults.point(f"{self.stage}:after_publish")
+        for action in self._after:
+            action()
+        log.info("%s run_date=%s: published %d outputs", self.stage, self.run_date, len(self.moves))
+        self.moves = []
+
+    def discard(self) -> None:
+        for move in self.moves:
+            _remove(local_path(move.staging))
+        self.moves = []
+
+    # ---- recovery ----------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Complete an interrupted publish of this (stage, run date), then sweep its staging and
+        trash leftovers; returns the number of moves rolled forward."""
+        path = local_path(self.journal_path())
+        rolled = 0
+        if os.path.exists(path):
+            with open(path) as fh:
+                journal = json.load(fh)
+            for m in journal["moves"]:
+                _apply(_Move(m["staging"], m["final"]))
+                rolled += 1
+            os.unlink(path)
+            log.warning("%s run_date=%s: completed an interrupted publish (%d outputs)",
+                        self.stage, self.run_date, rolled)
+        swept = sweep(self.layout, self.stage, self.run_date)
+        if swept:
+            log.info("%s run_date=%s: removed %d staging leftovers of an earlier run", self.stage,
+                     self.run_date, swept)
+        return rolled
+
+    def __enter__(self) -> "RunCommit":
+        if not is_local(self.layout.root):
+            raise PipelineError(f"run-level commits on {self.layout.root}: object-store roots are "
+                                f"not supported yet")
+        self._lock = RunLock(self.layout, self.stage, self.run_date).acquire()
+        try:
+            self.recover()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.publish()
+            else:
+                self.discard()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+
+def sweep(layout: Layout, stage: str, run_date: str) -> int:
+    """Remove ``_staging-<stage>-<run_date>-*`` / ``_trash-...`` under OUT (tables, and the run
+    date's partition folders, where side files live)."""
+    root = local_path(layout.root)
+    prefixes = (f"_staging-{stage}-{run_date}-", f"_trash-{stage}-{run_date}-")
+    removed = 0
+    if not os.path.isdir(root):
+        return 0
+    part = f"run_date={run_date}"
+    for table in os.listdir(root):
+        tdir = os.path.join(root, table)
+        if not os.path.isdir(tdir) or table.startswith(("_", ".")):
+            continue
+        for folder in (tdir, os.path.join(tdir, part)):
+            if not os.path.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                if name.startswith(prefixes):
+                    _remove(os.path.join(folder, name))
+                    removed += 1
+    return removed
