@@ -136,3 +136,40 @@ class TableStore:
             return (spark.read.option("basePath", self.path(table))
                     .parquet(self.partition_path(table, run_date)))
         return self._read_delta(spark, table, run_date)
+
+
+# ---- Spark's errors that describe the environment or the input, not a bug ---------------------
+_SPARK_EXPECTED = (
+    ("No space left on device", "no space left on the device"),
+    ("Permission denied", "permission denied"),
+    ("ParentNotDirectoryException", "a file is where a folder belongs"),
+    ("Parent path is not a directory", "a file is where a folder belongs"),
+    ("is not a directory", "a file is where a folder belongs"),
+    ("Not a directory", "a file is where a folder belongs"),
+    ("is not a Parquet file", "unreadable Parquet"),
+    ("Could not read footer", "unreadable Parquet"),
+    ("FAILED_READ_FILE", "unreadable input file"),
+    ("PATH_NOT_FOUND", "path not found"),
+)
+
+
+def spark_failure_line(exc: BaseException) -> str | None:
+    """One line for a Spark/Py4J error caused by the environment or an unreadable file."""
+    text = str(exc)
+    name = type(exc).__name__
+    if not any(k in name for k in ("Py4J", "Captured", "Analysis", "Spark", "Illegal", "Arrow")):
+        return None
+    for key, what in _SPARK_EXPECTED:
+        if key in text:
+            detail = next((ln.strip() for ln in text.splitlines() if key in ln), key)
+            return f"{what}: {detail[:400]}"
+    return None
+
+
+def _register() -> None:
+    from srgnn.core.cli import register_translator
+
+    register_translator(spark_failure_line)
+
+
+_register()
