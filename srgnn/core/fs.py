@@ -2,7 +2,14 @@
 checkpoints, model exports, reports.
 
 Local paths (and ``file:`` URIs, and ``dbfs:/`` through Databricks' ``/dbfs`` mount) go through the
-operating system; other URIs (``s3://``, ``gs://``, ``abfss://``, ``hdfs://`` ...) through fsspec.
+operating system; other URIs (``s3://``/``s3a://``, ``gs://``, ``abfss://``, ``hdfs://`` ...) through fsspec
+(s3fs reads the endpoint and credentials from the standard ``AWS_*`` variables, ``AWS_ENDPOINT_URL``
+included), and for pyarrow readers through :func:`arrow_filesystem`.
+
+Object stores cannot rename a folder atomically. A folder is published there by uploading every
+file but a marker file, then the marker last (:func:`publish_dir`): a reader that finds the new
+marker finds the new files. The model export's marker is ``config.json``, which carries the weights'
+sha256, so a reader that raced a writer fails the hash check instead of scoring with mixed files.
 
 Atomic replacement for readers: a file is written to a hidden temporary name in its folder and
 renamed over the target; a folder is written to a hidden staging folder beside it and swapped in by
@@ -55,8 +62,13 @@ def file_url(path: str) -> str:
 def _fsspec(path: str):
     import fsspec
 
-    fs, rel = fsspec.core.url_to_fs(path)
-    return fs, rel
+    try:
+        return fsspec.core.url_to_fs(path)
+    except (ImportError, ValueError) as exc:
+        from srgnn.core.errors import EnvironmentProblem
+
+        raise EnvironmentProblem(f"cannot open {path}: {exc} (object stores need their fsspec "
+                                 f"package, e.g. `pip install 'srgnn-pipeline[s3]'` for s3://)") from None
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -191,3 +203,95 @@ def replace_dir_atomic(final: str, write: Callable[[str], None]) -> str:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# ---- folders between local disks and any root ---------------------------------------------------
+def listdir(path: str) -> list[str]:
+    """Names in a folder (files and sub-folders), sorted; [] if it does not exist."""
+    if is_local(path):
+        target = local_path(path)
+        return sorted(os.listdir(target)) if os.path.isdir(target) else []
+    fs, rel = _fsspec(path)
+    if not fs.exists(rel):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(rel, detail=False))
+
+
+def remove_tree(path: str) -> None:
+    if is_local(path):
+        target = local_path(path)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target, ignore_errors=True)
+        elif os.path.lexists(target):
+            os.unlink(target)
+        return
+    fs, rel = _fsspec(path)
+    if fs.exists(rel):
+        fs.rm(rel, recursive=True)
+
+
+def _local_files(folder: str) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), folder)
+                  for d, _, files in os.walk(folder) for f in files)
+
+
+def publish_dir(local_dir: str, final: str, marker: str | None = None) -> str:
+    """Make ``final`` hold exactly the files of the local folder ``local_dir``.
+
+    Local ``final``: the folder is swapped in by renames (:func:`replace_dir_atomic`). Object
+    stores: every file is uploaded, ``marker`` (a relative name) last, then files of an older
+    version that the new one lacks are deleted.
+    """
+    if is_local(final):
+        return replace_dir_atomic(final, lambda staging: shutil.copytree(local_dir, staging, dirs_exist_ok=True))
+    fs, rel = _fsspec(final)
+    rel = rel.rstrip("/")
+    files = _local_files(local_dir)
+    ordered = [f for f in files if f != marker] + ([marker] if marker in files else [])
+    for name in ordered:
+        fs.put_file(os.path.join(local_dir, name), f"{rel}/{name}")
+    if fs.exists(rel):
+        new = set(ordered)
+        for path in fs.find(rel):
+            if path[len(rel) + 1:] not in new:
+                fs.rm_file(path)
+    return final
+
+
+def fetch_dir(path: str, local_dir: str) -> str:
+    """A local folder with the files of ``path``: ``path`` itself when local, else a copy."""
+    if is_local(path):
+        return local_path(path)
+    fs, rel = _fsspec(path)
+    rel = rel.rstrip("/")
+    if not fs.exists(rel):
+        raise InputError(f"folder not found: {path}")
+    for remote in fs.find(rel):
+        dest = os.path.join(local_dir, remote[len(rel) + 1:])
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        fs.get_file(remote, dest)
+    return local_dir
+
+
+def arrow_filesystem(path: str):
+    """``(pyarrow.fs.FileSystem, path inside it)`` for pyarrow/Parquet readers of any root."""
+    import pyarrow.fs as pafs
+
+    if is_local(path):
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(path))
+    if path.startswith(("s3://", "s3a://")):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs: dict[str, Any] = {}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        if os.environ.get("AWS_ACCESS_KEY_ID"):
+            kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                          secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+                          session_token=os.environ.get("AWS_SESSION_TOKEN"))
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), path.split("://", 1)[1]
+    fs, rel = _fsspec(path)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), rel
