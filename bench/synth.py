@@ -99,6 +99,34 @@ def _session_lengths(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
     return lens
 
 
+def _session_items(rng: np.random.Generator, lens: np.ndarray, cdf: np.ndarray, successors: np.ndarray,
+                   succ_cdf: np.ndarray, cfg: SynthConfig) -> np.ndarray:
+    """Item ranks of every click of sessions with lengths ``lens``: fresh draws from ``cdf``,
+    preferred successors, repeats."""
+    n_sess, n = len(lens), int(lens.sum())
+    first = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    pos = np.arange(n, dtype=np.int64) - np.repeat(first, lens)   # position within the session
+    # one position at a time over all sessions at once (the previous click is at index - 1).
+    ranks = np.empty(n, dtype=np.int64)
+    order = np.argsort(pos, kind="stable")
+    bounds = np.searchsorted(pos[order], np.arange(int(pos.max()) + 2))
+    for t in range(int(pos.max()) + 1):
+        idx = order[bounds[t]:bounds[t + 1]]
+        fresh = _draw(rng, cdf, len(idx))
+        if t == 0:
+            ranks[idx] = fresh
+            continue
+        prev = ranks[idx - 1]
+        u = rng.random(len(idx))
+        choice = np.minimum(np.searchsorted(succ_cdf, rng.random(len(idx)), side="right"),
+                            cfg.n_successors - 1)
+        follow = successors[prev, choice]
+        ranks[idx] = np.where(u < cfg.p_repeat, prev,
+                              np.where(u < cfg.p_repeat + cfg.p_follow, follow, fresh))
+
+    return ranks
+
+
 def generate_clicks(cfg: SynthConfig) -> dict[str, np.ndarray]:
     """Click arrays (grouped by session, sessions in start-time order, clicks in time order):
 
@@ -121,25 +149,7 @@ def generate_clicks(cfg: SynthConfig) -> dict[str, np.ndarray]:
     n_sess, n = len(lens), int(lens.sum())
     first = np.concatenate([[0], np.cumsum(lens)[:-1]])           # index of each session's 1st click
     sess_of_click = np.repeat(np.arange(n_sess), lens)
-    pos = np.arange(n, dtype=np.int64) - first[sess_of_click]     # position within the session
-
-    # Items, one position at a time over all sessions at once (the previous click is at index - 1).
-    ranks = np.empty(n, dtype=np.int64)
-    order = np.argsort(pos, kind="stable")
-    bounds = np.searchsorted(pos[order], np.arange(int(pos.max()) + 2))
-    for t in range(int(pos.max()) + 1):
-        idx = order[bounds[t]:bounds[t + 1]]
-        fresh = _draw(rng, cdf, len(idx))
-        if t == 0:
-            ranks[idx] = fresh
-            continue
-        prev = ranks[idx - 1]
-        u = rng.random(len(idx))
-        choice = np.minimum(np.searchsorted(succ_cdf, rng.random(len(idx)), side="right"),
-                            cfg.n_successors - 1)
-        follow = successors[prev, choice]
-        ranks[idx] = np.where(u < cfg.p_repeat, prev,
-                              np.where(u < cfg.p_repeat + cfg.p_follow, follow, fresh))
+    ranks = _session_items(rng, lens, cdf, successors, succ_cdf, cfg)
 
     # Times: session starts uniform over the days (sorted: session ids follow start time).
     t0_ms = int(np.datetime64(cfg.start, "ms").astype(np.int64))
@@ -231,10 +241,83 @@ def write_click_log(path: str | os.PathLike, fmt: str, cfg: SynthConfig) -> dict
             "bytes": path.stat().st_size}
 
 
+# ---- a stream of nights: an events table partitioned by date, with drifting popularity -----------
+def day_popularity(rng: np.random.Generator, cfg: SynthConfig, days: int, trends_per_week: float
+                   ) -> np.ndarray:
+    """``[days, n_items]`` CDFs: the Zipf weight of each item rank times its life cycle (items appear
+    and fade: a birth day and a lifetime each, a third of the catalogue born during the stream), times
+    short trends (``trends_per_week`` items a week boosted 20x for 3 days)."""
+    n_items = cfg.items()
+    base = 1.0 / np.arange(1, n_items + 1, dtype=np.float64) ** cfg.zipf_a
+    born_late = rng.random(n_items) < 1 / 3
+    birth = np.where(born_late, rng.integers(0, max(days, 1), n_items), -rng.integers(0, 60, n_items))
+    life = rng.integers(7, 90, n_items)
+    day = np.arange(days)[:, None]
+    age = day - birth[None, :]
+    alive = (age >= 0) & (age < life[None, :])
+    weights = base[None, :] * alive * np.exp(-np.maximum(age, 0) / life[None, :])
+    n_trends = int(round(trends_per_week * days / 7))
+    for item, start in zip(rng.integers(0, n_items, n_trends), rng.integers(0, max(days, 1), n_trends)):
+        weights[start:start + 3, item] *= 20.0
+    weights += 1e-12  # every day can draw every item, however rarely
+    cdf = np.cumsum(weights, axis=1)
+    return cdf / cdf[:, -1:]
+
+
+def write_events_table(out: str | os.PathLike, cfg: SynthConfig, clicks_per_day: int, days: int,
+                       trends_per_week: float = 3.0) -> dict:
+    """An events table ``out/event_date=YYYY-MM-DD/part-0.parquet`` (columns ``user_id`` string,
+    ``timestamp`` timestamp UTC, ``item_id`` string, ``event_type`` string) for ``days`` days from
+    ``cfg.start``, ``clicks_per_day`` clicks a day drawn from that day's popularity (see
+    :func:`day_popularity`); transitions between items stay fixed, so there is something to learn."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(cfg.seed)
+    n_items = cfg.items()
+    cdfs = day_popularity(rng, cfg, days, trends_per_week)
+    successors = _draw(rng, _zipf_cdf(n_items, cfg.zipf_a), n_items * cfg.n_successors).reshape(n_items, -1)
+    succ_w = 0.5 ** np.arange(1, cfg.n_successors + 1)
+    succ_cdf = np.cumsum(succ_w) / succ_w.sum()
+    item_ids = 214_000_000 + rng.permutation(n_items).astype(np.int64) * 7
+    t0_ms = int(np.datetime64(cfg.start, "ms").astype(np.int64))
+    out = Path(out)
+    total, next_user = 0, 1
+    for d in range(days):
+        day_cfg = dataclasses.replace(cfg, n_clicks=clicks_per_day, n_days=1)
+        lens = _session_lengths(rng, day_cfg)
+        ranks = _session_items(rng, lens, cdfs[d], successors, succ_cdf, day_cfg)
+        n_sess, n = len(lens), int(lens.sum())
+        first = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        sess = np.repeat(np.arange(n_sess), lens)
+        starts = np.sort(rng.integers(0, 86_400_000 - 3_600_000, size=n_sess)) + t0_ms + d * 86_400_000
+        gaps = (1000 + rng.exponential(cfg.mean_gap_s * 1000, size=n)).astype(np.int64)
+        gaps[first] = 0
+        csum = np.cumsum(gaps)
+        ts = np.minimum(starts[sess] + csum - csum[first][sess], t0_ms + (d + 1) * 86_400_000 - 1)
+        users = next_user + np.arange(n_sess)  # one user a session: gaps never join two days' sessions
+        next_user += n_sess
+        ev = np.minimum(np.searchsorted(np.cumsum(EVENT_TYPE_P), rng.random(n), side="right"), 2)
+        table = pa.table({"user_id": pa.array(users[sess]).cast(pa.string()),
+                          "timestamp": pa.array(ts.astype("datetime64[ms]"), pa.timestamp("ms", tz="UTC")),
+                          "item_id": pa.array(item_ids[ranks]).cast(pa.string()),
+                          "event_type": pa.array(EVENT_TYPES).take(pa.array(ev))})
+        date = str(np.datetime64(cfg.start, "D") + d)
+        folder = out / f"event_date={date}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, folder / "part-0.parquet.tmp")
+        os.replace(folder / "part-0.parquet.tmp", folder / "part-0.parquet")
+        total += n
+    return {"path": str(out), "format": "events-table", "days": days, "clicks": total,
+            "items": n_items, "seed": cfg.seed}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Write a deterministic synthetic click log.")
-    p.add_argument("--clicks", type=int, required=True, help="number of clicks (rows) to write")
-    p.add_argument("--format", choices=FORMATS, default="yoochoose")
+    p.add_argument("--clicks", type=int, required=True,
+                   help="number of clicks (rows) to write; clicks per day with --format events-table")
+    p.add_argument("--format", choices=FORMATS + ("events-table",), default="yoochoose",
+                   help="events-table: a folder of Parquet partitioned by event_date, drifting popularity")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--items", type=int, default=None, help="catalogue size (default clicks/25)")
@@ -244,7 +327,10 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = dataclasses.replace(SynthConfig(), n_clicks=a.clicks, seed=a.seed, n_items=a.items,
                               n_days=a.days, start=a.start)
     t = time.perf_counter()
-    summary = write_click_log(a.out, a.format, cfg)
+    if a.format == "events-table":
+        summary = write_events_table(a.out, cfg, clicks_per_day=a.clicks, days=a.days)
+    else:
+        summary = write_click_log(a.out, a.format, cfg)
     summary["seconds"] = round(time.perf_counter() - t, 2)
     print(" ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
     return summary

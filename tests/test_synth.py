@@ -58,3 +58,22 @@ def test_events_layout(tmp_path):
     rows = [ln.split(",") for ln in lines[1:]]
     assert [r[1] for r in rows] == sorted(r[1] for r in rows)          # sorted by time
     assert {r[3] for r in rows} <= set(EVENT_TYPES) and len({r[0] for r in rows}) > 10
+
+
+def test_events_table_has_a_partition_per_day_and_its_popularity_drifts(tmp_path):
+    import pyarrow.dataset as ds
+
+    from bench.synth import SynthConfig, write_events_table
+
+    cfg = SynthConfig(seed=3, n_items=300, start="2024-01-01")
+    summary = write_events_table(tmp_path / "events", cfg, clicks_per_day=2_000, days=14)
+    again = write_events_table(tmp_path / "events2", cfg, clicks_per_day=2_000, days=14)
+    assert summary["clicks"] == again["clicks"] == 28_000
+    parts = sorted(p.name for p in (tmp_path / "events").iterdir())
+    assert parts == [f"event_date=2024-01-{d:02d}" for d in range(1, 15)]
+    table = ds.dataset(tmp_path / "events", partitioning="hive").to_table().to_pandas()
+    assert list(table.columns[:4]) == ["user_id", "timestamp", "item_id", "event_type"]
+    assert (table["timestamp"].dt.strftime("%Y-%m-%d") == table["event_date"].astype(str)).all()
+    first, last = (set(table[table["event_date"].astype(str) == d]["item_id"]) for d in ("2024-01-01", "2024-01-14"))
+    assert len(last - first) > 10 and len(first - last) > 10   # items appear and fade
+    assert ds.dataset(tmp_path / "events2").to_table().equals(ds.dataset(tmp_path / "events").to_table())
