@@ -147,7 +147,7 @@ class TrainStep:
 
     def __init__(self, model: SRGNN, optimizer: torch.optim.Optimizer, *, kernel: str = "auto",
                  ctx: DistContext | None = None, autocast: Any = None, compile: bool = False,
-                 graphed: cuda_graphs.GraphedTrainStep | None = None):
+                 compile_mode: str | None = None, graphed: cuda_graphs.GraphedTrainStep | None = None):
         self.model, self.optimizer, self.autocast, self.graphed = model, optimizer, autocast, graphed
         self.ctx = ctx or DistContext(device=model.embedding.weight.device)
         if kernel == "fused" and self.ctx.device.type != "cpu":
@@ -158,7 +158,7 @@ class TrainStep:
         self.direct = self.fused and not self.ctx.ddp
         forward: torch.nn.Module = fused_cpu.KernelLoss(model) if self.fused else model
         if compile and not self.fused:
-            forward = torch.compile(forward)
+            forward = torch.compile(forward, mode=compile_mode)
         if self.ctx.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
