@@ -49,8 +49,8 @@ from srgnn.metrics import MetricAccumulator
 from srgnn.model import SRGNN
 from srgnn.optim import LeanAdam, make_optimizer
 
-__all__ = ["TrainConfig", "TrainData", "TrainState", "TrainStep", "train", "train_epoch", "train_step",
-           "evaluate", "lr_for_epoch", "make_optimizer", "LeanAdam"]
+__all__ = ["TrainConfig", "TrainData", "TrainState", "TrainStep", "train", "train_epoch", "evaluate",
+           "make_optimizer", "LeanAdam"]
 
 log = get_logger(__name__)
 
@@ -87,12 +87,6 @@ class TrainConfig(StageConfig):
                 raise ConfigError(f"option --{name.replace('_', '-')}: must be >= 1, got {value}")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 0:
             raise ConfigError("option --checkpoint-every-steps: must be >= 0")
-
-
-def lr_for_epoch(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of 1-based ``epoch`` (what the loop's StepLR gives, up to rounding)."""
-    shift = 1 if cfg.official_lr_schedule else 0
-    return cfg.lr * cfg.lr_dc ** ((epoch - 1 + shift) // cfg.lr_dc_step)
 
 
 BatchSource = Callable[..., Iterable[Batch]] | Iterable[Batch]
@@ -190,13 +184,6 @@ class TrainStep:
         loss.backward()
         self.optimizer.step()
         return loss_sum
-
-
-def train_step(model: SRGNN, optimizer: torch.optim.Optimizer, batch: Batch, kernel: str = "auto",
-               step: TrainStep | None = None) -> torch.Tensor:
-    """One step of one process on ``batch``: the mean loss, detached, left on the device."""
-    step = step or TrainStep(model, optimizer, kernel=kernel)
-    return step(batch, 1 / len(batch)) / len(batch)
 
 
 # =============================================================================================
