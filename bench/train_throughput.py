@@ -24,7 +24,6 @@ import argparse
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path

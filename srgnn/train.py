@@ -1,6 +1,6 @@
 """The training loop of SR-GNN, in one process or data-parallel (DDP), nanoGPT-style.
 
-Three layers: :class:`TrainStep` (one optimiser step; the engine is chosen here), :func:`train_epoch`
+Three layers: :class:`srgnn.step.TrainStep` (one optimiser step; the engine is chosen there), :func:`train_epoch`
 / :func:`evaluate` (one pass), :func:`train` (epochs, learning-rate decay, early stopping, model
 selection, checkpoints and resume). Stage 3's job (``pipelines.train``), the benchmarks and the
 tests all run this loop; docs/training.md describes its rules.
@@ -11,9 +11,10 @@ tests all run this loop; docs/training.md describes its rules.
   dummy batch, and every rank scales its summed loss by ``world / global_count``, so the
   DDP-averaged gradient is the mean over the examples of the global batch. In one process without
   counts the batches are taken as they come.
-- Engine. ``kernel``: ``eager`` (autograd through :mod:`srgnn.model`), ``fused`` (the native CPU
-  kernel :mod:`srgnn.fused_cpu`; in one process it sets the gradients without autograd), ``auto``
-  (fused where it can run). ``cuda_graphs``: the whole step replayed as one CUDA graph.
+- Engine (:mod:`srgnn.step`). ``kernel``: ``eager`` (autograd through :mod:`srgnn.model`),
+  ``fused`` (the native CPU kernel :mod:`srgnn.fused_cpu`; in one process it sets the gradients
+  without autograd), ``auto`` (fused where it can run). ``cuda_graphs``: the whole step replayed
+  as one CUDA graph.
 - Learning rate: Adam (``lr``, L2 ``l2``), multiplied by ``lr_dc`` every ``lr_dc_step`` epochs;
   ``official_lr_schedule`` decays one epoch earlier, as the official code does.
 - Selection: after every epoch the valid split is evaluated (the test split too when given); the
@@ -36,18 +37,18 @@ import torch
 import torch.nn.functional as F
 
 from srgnn import checkpoint as ckpt
-from srgnn import cuda_graphs, fused_cpu
+from srgnn import cuda_graphs
 from srgnn.core.config import StageConfig, opt
 from srgnn.core.contracts import REPORT_KS, SELECT_METRIC
 from srgnn.core.errors import ConfigError, InputError
 from srgnn.core.log import get_logger
 from srgnn.data import Batch
-from srgnn.ddp import (DistContext, all_reduce_sum, barrier, dummy_batch, find_unused_parameters, per_rank_batch,
-                       step_schedule)
+from srgnn.ddp import DistContext, all_reduce_sum, barrier, dummy_batch, per_rank_batch, step_schedule
 from srgnn.memory import keep_freed_memory
 from srgnn.metrics import MetricAccumulator
 from srgnn.model import SRGNN
 from srgnn.optim import LeanAdam, make_optimizer
+from srgnn.step import TrainStep
 
 __all__ = ["TrainConfig", "TrainData", "TrainState", "TrainStep", "train", "train_epoch", "evaluate",
            "make_optimizer", "LeanAdam"]
@@ -124,66 +125,6 @@ class TrainState:
     def early_stop_dict(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
                 "mlflow_run_id": self.mlflow_run_id, "test_picked": dict(self.test_picked)}
-
-
-# =============================================================================================
-# One step
-# =============================================================================================
-class TrainStep:
-    """``step(batch, weight)``: one optimiser step on ``weight * sum_b CE_b`` over this rank's batch
-    (DDP then averages over the ranks); returns the batch's summed loss (a device tensor, no sync).
-
-    The engine is chosen here, once, from ``kernel``: the native CPU kernel where it applies (in one
-    process it sets the gradients itself, without autograd; under DDP through autograd, so DDP's
-    hooks fire), else the model's own loss through autograd; ``graphed`` (a
-    :class:`srgnn.cuda_graphs.GraphedTrainStep`) replaces all of it by one graph replay.
-    """
-
-    def __init__(self, model: SRGNN, optimizer: torch.optim.Optimizer, *, kernel: str = "auto",
-                 ctx: DistContext | None = None, autocast: Any = None, compile: bool = False,
-                 compile_mode: str | None = None, graphed: cuda_graphs.GraphedTrainStep | None = None):
-        self.model, self.optimizer, self.autocast, self.graphed = model, optimizer, autocast, graphed
-        self.ctx = ctx or DistContext(device=model.embedding.weight.device)
-        if kernel == "fused" and self.ctx.device.type != "cpu":
-            raise ConfigError(f"option --kernel fused runs on the CPU; this process got {self.ctx.device} "
-                              "(--device auto picks CUDA when there is one): pass --device cpu or --kernel eager")
-        self.fused = graphed is None and fused_cpu.use_kernel(kernel, model, autocast=autocast is not None,
-                                                              compiled=compile)
-        self.direct = self.fused and not self.ctx.ddp
-        forward: torch.nn.Module = fused_cpu.KernelLoss(model) if self.fused else model
-        if compile and not self.fused:
-            forward = torch.compile(forward, mode=compile_mode)
-        if self.ctx.ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            unused = find_unused_parameters(model, dummy_batch(model.cfg.max_len, self.ctx.device))
-            forward = DDP(forward, device_ids=[self.ctx.local_rank] if self.ctx.device.type == "cuda" else None,
-                          find_unused_parameters=unused)
-        self.forward = forward
-
-    @property
-    def engine(self) -> str:
-        return "cuda graph" if self.graphed is not None else "fused" if self.fused else "eager"
-
-    def __call__(self, batch: Batch, weight: float) -> torch.Tensor:
-        if self.graphed is not None:  # copied into the graph's fixed buffers (padded), then one replay
-            return self.graphed.step(batch, weight)
-        batch = batch.to(self.ctx.device, non_blocking=True)
-        if self.direct:               # the native kernel in one process: it sets the gradients itself
-            self.optimizer.zero_grad(set_to_none=True)
-            loss_mean = fused_cpu.loss_and_grads(self.model, batch.items, batch.lengths, batch.ngc_w,
-                                                 batch.targets, scale=len(batch) * weight)
-            loss_sum = loss_mean.float() * len(batch)
-            self.optimizer.step()
-            return loss_sum
-        with self.autocast or nullcontext():   # the model's fused loss path (mean CE, Eq. 9-10)
-            loss_mean = self.forward(batch.items, batch.lengths, batch.ngc_w, batch.targets)
-        loss_sum = loss_mean.detach().float() * len(batch)
-        loss = loss_mean * (len(batch) * weight)  # DDP averages over ranks: all ranks' sums / n_global
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss_sum
 
 
 # =============================================================================================
