@@ -245,8 +245,11 @@ def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: st
     (the compiled kernels are then captured with the rest of the step)."""
     import torch
     from srgnn import cuda_graphs
-    from srgnn.distributed import DistContext, TrainJobConfig, TrainState, build_model, job_optimizer, train_epoch
     from srgnn.memory import keep_freed_memory
+    from srgnn.optim import make_optimizer
+    from srgnn.train import TrainState, TrainStep, train_epoch
+    from pipelines.train.config import TrainJobConfig
+    from pipelines.train.job import build_model
 
     keep_freed_memory()  # as the job does
     cfg = TrainJobConfig(output="/unused", run_date=RUN_DATE, variant=variant, hidden_size=hidden,
@@ -255,22 +258,21 @@ def step_rate(batches: list, n_items: int, max_len: int, hidden: int, device: st
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(cfg, n_items, max_len).to(dev)
-    raw = model
-    if compile_:
-        model = torch.compile(model, mode=compile_mode, dynamic=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and dev.type == "cuda" else None
-    optimizer = job_optimizer(raw.parameters(), cfg, dev)
+    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.l2, dev, capturable=graphs)
     graphed = None
-    if graphs:
-        graphed = cuda_graphs.GraphedTrainStep(model, optimizer, cfg.batch_size, max_len, variant, dev,
+    if graphs:   # the compiled model's kernels are captured with the rest of the step
+        captured = torch.compile(model, mode=compile_mode, dynamic=False) if compile_ else model
+        graphed = cuda_graphs.GraphedTrainStep(captured, optimizer, cfg.batch_size, max_len, variant, dev,
                                                torch.bfloat16 if autocast is not None else None)
-    ctx = DistContext(device=dev)
+    step = TrainStep(model, optimizer, kernel=kernel, autocast=autocast, compile=compile_ and not graphs,
+                     compile_mode=compile_mode, graphed=graphed)
     on_dev = [b.to(dev) for b in batches]
     sched = [len(b) for b in on_dev]
 
     def run(bs, sc):
-        return train_epoch(model, optimizer, iter(bs), sc, sum(sc), ctx, cfg, max_len, TrainState(),
-                           autocast=autocast, graphed=graphed)
+        return train_epoch(step, iter(bs), TrainState(), schedule=sc, my_examples=sum(sc),
+                           local_batch=cfg.batch_size)
 
     run(on_dev[:warmup], sched[:warmup])  # warm-up (and compilation / capture)
     if dev.type == "cuda":
@@ -288,7 +290,8 @@ def graph_parity(batches: list, n_items: int, max_len: int, hidden: int, device:
     parameters after ``steps`` steps (fp32; CUDA's index_add_ atomics differ in the last bits)."""
     import torch
     from srgnn import cuda_graphs
-    from srgnn.distributed import TrainJobConfig, build_model
+    from pipelines.train.config import TrainJobConfig
+    from pipelines.train.job import build_model
 
     cfg = TrainJobConfig(output="/unused", run_date=RUN_DATE, hidden_size=hidden, batch_size=len(batches[0]),
                          cuda_graphs=True)
@@ -311,7 +314,7 @@ def job_epoch(out: Path, nprocs: int, hidden: int, batch_size: int, device: str,
               variant: str = "srgnn", bf16: bool = False, workers: int = 1, graphs: bool = False,
               kernel: str = "auto") -> dict:
     """One epoch of the real job (train_job / launch_local); its own pairs/s and timings."""
-    from srgnn.distributed import TrainJobConfig, launch_local, train_job
+    from pipelines.train.launch import TrainJobConfig, launch_local, train_job
 
     cfg = TrainJobConfig(output=str(out), run_date=RUN_DATE, epochs=1, hidden_size=hidden, batch_size=batch_size,
                          device=device, num_threads=threads, progress=False, mlflow_tracking_uri="none",

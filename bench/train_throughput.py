@@ -1,4 +1,4 @@
-"""SR-GNN training / evaluation throughput on synthetic examples (issue 4).
+"""SR-GNN training / evaluation throughput on synthetic examples .
 
     .venv/bin/python bench/train_throughput.py --items 40000 --pairs 20000 --batch-size 100 --device cpu
 
@@ -24,7 +24,6 @@ import argparse
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,12 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from srgnn import cuda_graphs, fused_cpu  # noqa: E402
+from srgnn import cuda_graphs  # noqa: E402
 from srgnn.data import Batch  # noqa: E402
 from srgnn.memory import keep_freed_memory  # noqa: E402
-from srgnn.metrics import MetricAccumulator  # noqa: E402
 from srgnn.model import SRGNN, ModelConfig  # noqa: E402
-from srgnn.train import TrainConfig, accumulate, make_optimizer, train_step  # noqa: E402
+from srgnn.train import TrainStep, evaluate, make_optimizer  # noqa: E402
 
 
 def synthetic_examples(n_items: int, n_pairs: int, max_len: int, mean_session_len: float, seed: int):
@@ -155,7 +153,7 @@ def main(argv=None) -> None:
     ap.add_argument("--static-shapes", action="store_true", help="static shapes without compiling")
     ap.add_argument("--kernel", default="auto", choices=["auto", "eager", "fused"],
                     help="training loss: eager PyTorch, the native CPU kernel (srgnn.fused_cpu), or auto (the kernel "
-                         "where it can run: CPU float32 without --compile/--static-shapes/--amp; the model's default)")
+                         "where it can run: CPU float32 without --compile/--static-shapes/--amp; the job's default)")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="the whole step (forward, backward, Adam) as one CUDA graph (srgnn.cuda_graphs; CUDA only)")
     ap.add_argument("--no-fused-adam", action="store_true")
@@ -194,9 +192,10 @@ def main(argv=None) -> None:
 
     static = args.static_shapes or args.compile or args.cuda_graphs
     cfg = ModelConfig(n_items=args.items, hidden_size=args.hidden, step=args.step, variant=args.variant,
-                      readout=args.readout, max_len=args.max_len, static_shapes=static, kernel=args.kernel)
+                      readout=args.readout, max_len=args.max_len, static_shapes=static)
     model = SRGNN(cfg).to(device)
-    forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else None
+    engine = "cuda graph"
     if args.cuda_graphs:   # as the job's --cuda-graphs: weight 1/B per row = the batch's mean loss
         optimizer = cuda_graphs.make_optimizer(model.parameters(), 1e-3, 1e-5, device)
         graphed = cuda_graphs.GraphedTrainStep(model, optimizer, args.batch_size, args.max_len, args.variant, device,
@@ -205,21 +204,27 @@ def main(argv=None) -> None:
         def step(b: Batch) -> torch.Tensor:
             return graphed.step(b, 1.0 / len(b)) / len(b)
     else:
-        optimizer = make_optimizer(model, TrainConfig(fused_adam=not args.no_fused_adam))
+        optimizer = (torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5) if args.no_fused_adam
+                     else make_optimizer(model.parameters(), 1e-3, 1e-5))
+        trainer = TrainStep(model, optimizer, kernel=args.kernel, autocast=autocast, compile=args.compile,
+                            compile_mode=args.compile_mode)
+        engine = trainer.engine
 
-        def step(b: Batch) -> torch.Tensor:
-            return train_step(model, optimizer, b, amp=args.amp, forward=forward)
+        def step(b: Batch) -> torch.Tensor:   # as the job's steps: weight 1/B per row = the batch's mean loss
+            return trainer(b, 1.0 / len(b)) / len(b)
+
+    def score(batches: list[Batch], ks=(20,)) -> dict[str, float]:
+        return evaluate(model, batches, ks=ks, autocast=autocast)
     print(f"model: d={args.hidden} step={args.step} variant={args.variant} readout={args.readout} "
           f"amp={args.amp} compile={args.compile} cuda_graphs={args.cuda_graphs} static_shapes={static} "
-          f"kernel={args.kernel} ({'fused' if args.amp == 'none' and fused_cpu.applies(model) else 'eager'}) "
+          f"kernel={args.kernel} ({engine}) "
           f"fused_adam={not args.no_fused_adam}", flush=True)
 
     t0 = time.perf_counter()
     model.train()
     for b in warm:
         step(b)
-    accumulate(model, eval_b[:5], MetricAccumulator(args.items, (20,), device=device), amp=args.amp,
-               forward=forward)
+    score(eval_b[:5])
     sync(device)
     print(f"warm-up ({len(warm)} batches{', compile' if args.compile else ''}): "
           f"{time.perf_counter() - t0:.1f}s", flush=True)
@@ -250,10 +255,9 @@ def main(argv=None) -> None:
               f"GFLOP/s, {100 * ratios[-1]:.1f}% of ceiling", flush=True)
     train_pairs = len(train_b) * args.batch_size
 
-    acc = MetricAccumulator(args.items, (10, 20), device=device)
     sync(device)
     start = time.perf_counter()
-    accumulate(model, eval_b, acc, amp=args.amp, forward=forward)
+    scored = score(eval_b, (10, 20))
     sync(device)
     eval_s = time.perf_counter() - start
     eval_pairs = len(eval_b) * args.batch_size
@@ -262,7 +266,7 @@ def main(argv=None) -> None:
     median_gflops = float(np.median(gflops))
     print(f"train: {train_pairs} pairs in {train_s:.2f}s (mean loss {float(loss_sum) / len(train_b):.3f}, "
           f"{faults / len(train_b):,.0f} minor page faults per step); "
-          f"eval: {eval_pairs} pairs in {eval_s:.2f}s (hr@20 {acc.finalize()['hr@20']:.4f})")
+          f"eval: {eval_pairs} pairs in {eval_s:.2f}s (hr@20 {scored['hr@20']:.4f})")
     print(f"score-shape matmul fp32 ({args.batch_size}x{args.hidden} @ {args.hidden}x{args.items}): "
           f"median {median_gflops:.1f} GFLOP/s of {len(gflops)} measurements ({min(gflops):.0f}-{max(gflops):.0f}) "
           f"-> ceiling 6*d*N = {per_pair / 1e6:.1f} MFLOP/pair = {median_gflops * 1e9 / per_pair:,.0f} train pairs/s; "

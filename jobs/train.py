@@ -3,7 +3,7 @@
     python jobs/train.py --output OUT --run-date YYYY-MM-DD [--epochs N --variant ngc ...]
     torchrun --nproc_per_node=N jobs/train.py --output OUT --run-date YYYY-MM-DD ...
 
-Options: ``--help``; defaults and meanings in srgnn/distributed.py (TrainJobConfig) and docs/training.md.
+Options: ``--help``; defaults and meanings in pipelines/train/config.py (TrainJobConfig) and docs/training.md.
 """
 import sys
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srgnn.core.cli import run_job  # noqa: E402
-from srgnn.distributed import TrainJobConfig, train_job  # noqa: E402
+from pipelines.train.job import TrainJobConfig, train_job  # noqa: E402
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ SAMPLE_CONFIG = REPO / "conf" / "sample.yaml"
 STAGES: dict[str, tuple[str, str, str]] = {
     "build_sessions": ("pipelines.sessions", "SessionsConfig", "build_sessions"),
     "build_graph": ("pipelines.graph", "GraphConfig", "build_graph"),
-    "train": ("srgnn.distributed", "TrainJobConfig", "train_job"),
+    "train": ("pipelines.train.job", "TrainJobConfig", "train_job"),
     "evaluate": ("pipelines.evaluate", "EvaluateConfig", "evaluate"),
     "recommend": ("pipelines.recommend", "RecommendConfig", "recommend"),
 }

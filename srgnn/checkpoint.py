@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from srgnn.core.errors import InputError
+from srgnn.core.fs import write_file_atomic
 
 CKPT_RE = re.compile(r"^ckpt-epoch(\d{4,})-step(\d{7,})\.pt$")
 BEST_NAME = "best.pt"
@@ -69,20 +69,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ---- atomic save / load ---------------------------------------------------------------------
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then os.replace onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """torch.save to a temporary file in the same folder, then renamed onto ``path``."""
+    write_file_atomic(str(path), lambda fh: torch.save(obj, fh))
+    return Path(path)
 
 
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""SR-GNN's training loss on the CPU as one native forward and one native backward (``kernel: fused``,
-and what ``kernel: auto``, the default, runs wherever it can: :func:`applies`).
+"""SR-GNN's training loss on the CPU as one native forward and one native backward (the trainer's
+``kernel: fused``, and what ``kernel: auto``, the default, runs wherever it can: :func:`use_kernel`).
 
 The same loss and gradients as :meth:`srgnn.model.SRGNN.forward` with targets (the tests hold the two
 to 1e-6 for every variant, readout and step count), for float32 on the CPU. :mod:`srgnn.model` stays
 the paper's reference; this is its engine on CPUs, where eager PyTorch spends most of a small
 catalog's step on ~400 small calls and their autograd records rather than on arithmetic
-(docs/benchmarks.md, issue 4). The C++ source (``csrc/srgnn_fused_cpu.cpp``) is compiled on first
+(docs/benchmarks.md). The C++ source (``csrc/srgnn_fused_cpu.cpp``) is compiled on first
 use with the C++ compiler and ninja (``torch.utils.cpp_extension``), ~35 s on 2 cores, and cached
 under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) in a folder named by a hash of
 the source, the compiler flags, torch's version and the interpreter's ABI (:func:`build_name`). Once
@@ -98,17 +98,17 @@ def extension() -> ModuleType:
     return _extension
 
 
-def applies(model: torch.nn.Module) -> bool:
-    """Whether the model's training loss goes through this kernel: ``kernel: fused``, or ``auto``
-    where it can run (a float32 CPU model with packed graphs, no autocast, not inside torch.compile,
-    and the kernel built; if it cannot be built, ``auto`` logs why once and stays eager)."""
+def use_kernel(kernel: str, model: torch.nn.Module, *, autocast: bool = False, compiled: bool = False) -> bool:
+    """Whether training ``model`` takes its loss through this kernel, for the trainer's ``kernel``
+    option: ``fused`` always, ``eager`` never, ``auto`` where it can run (a float32 CPU model with
+    packed graphs, no autocast, not compiled, and the kernel built; if it cannot be built, ``auto``
+    logs why once and stays eager)."""
     global _auto_off
-    kernel = model.cfg.kernel
     if kernel != "auto":
         return kernel == "fused"
     weight = model.embedding.weight
     if (weight.device.type != "cpu" or weight.dtype != torch.float32 or model.cfg.static_shapes
-            or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or _auto_off is not None):
+            or autocast or compiled or _auto_off is not None):
         return False
     if _extension is None:
         try:
@@ -174,6 +174,19 @@ class FusedLoss(torch.autograd.Function):
         ctx.saved = ctx.inputs = None   # one backward per forward
         return (None, None, None, None, None,
                 *(g if p.numel() else None for g, p in zip(grads, params)))
+
+
+class KernelLoss(torch.nn.Module):
+    """``model``'s mean training loss through the kernel, as a module: what DDP wraps when the
+    kernel trains a data-parallel model (its gradient hooks fire through autograd)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor, ngc_w: torch.Tensor | None,
+                targets: torch.Tensor) -> torch.Tensor:
+        return fused_loss(self.model, items, lengths, ngc_w, targets)
 
 
 def _kernel_inputs(model: torch.nn.Module, items: torch.Tensor, lengths: torch.Tensor,

@@ -18,17 +18,16 @@ from torch import nn
 
 from srgnn.core.config import StageConfig, opt
 from srgnn.core.errors import ConfigError
-from srgnn import fused_cpu
 from srgnn.graph_batch import SessionGraph, build_session_graph
 
 VARIANTS = ("srgnn", "ngc", "fc")
 READOUTS = ("hybrid", "att", "last", "avg")
-KERNELS = ("auto", "eager", "fused")
 
 
 @dataclass
 class ModelConfig(StageConfig):
-    """SR-GNN hyper-parameters (yaml section ``model``)."""
+    """SR-GNN hyper-parameters (yaml section ``model``): what scoring needs to rebuild the model.
+    Training choices (the loss engine, the optimiser) belong to the trainer."""
 
     yaml_section = "model"
 
@@ -41,9 +40,6 @@ class ModelConfig(StageConfig):
                        help="hybrid (Eq. 7) | att (global only, official --nonhybrid) | last | avg")
     max_len: int = opt(50, help="clicks kept per prefix (the shards' L)")
     static_shapes: bool = opt(False, help="shapes depend on [B, L] only (CUDA graphs / torch.compile)")
-    kernel: str = opt("auto", choices=KERNELS,
-                      help="training loss: eager (this module, autograd) | fused (srgnn.fused_cpu: one native "
-                           "forward and backward, float32 CPU) | auto (fused where it can run, else eager)")
 
     def validate(self) -> None:
         super().validate()
@@ -52,9 +48,6 @@ class ModelConfig(StageConfig):
                               f"{self.hidden_size}, {self.step}, {self.max_len})")
         if self.n_items < 0:
             raise ConfigError(f"model: n_items must be >= 0 (got {self.n_items})")
-        if self.kernel == "fused" and self.static_shapes:
-            raise ConfigError("model: kernel 'fused' (CPU) builds packed graphs; static_shapes is for CUDA "
-                              "graphs / torch.compile with kernel 'eager'")
 
 
 class GNN(nn.Module):
@@ -233,11 +226,8 @@ class SRGNN(nn.Module):
         """Logits ``[B, n_items]``; column j scores item index j + 1 (Eq. 8: z_i = s_h^T v_i).
 
         With ``targets`` (item indices 1..n): the mean cross-entropy loss instead (Eq. 9-10), by a
-        fused path that never returns the logits (training; works through DDP / torch.compile), or
-        with ``kernel: fused`` (or ``auto`` on a float32 CPU model) the native CPU kernel of
-        :mod:`srgnn.fused_cpu` (same loss and gradients)."""
-        if targets is not None and fused_cpu.applies(self):
-            return fused_cpu.fused_loss(self, items, lengths, ngc_w, targets)
+        fused path that never returns the logits (training; works through DDP / torch.compile).
+        The native CPU kernel (:mod:`srgnn.fused_cpu`) is the trainer's choice, never made here."""
         if targets is None or torch.is_autocast_enabled(items.device.type):
             s = self.session_embedding(items, lengths, ngc_w)
             logits = s @ self.embedding.weight[1:].t()

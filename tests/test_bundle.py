@@ -17,7 +17,7 @@ STAGES = ["build_sessions", "build_graph", "train", "recommend"]
 STAGE_CONFIGS = {  # task_key -> (module, config class) of the entry point its python_file wraps
     "build_sessions": ("pipelines.sessions", "SessionsConfig"),
     "build_graph": ("pipelines.graph", "GraphConfig"),
-    "train": ("srgnn.distributed", "TrainJobConfig"),
+    "train": ("pipelines.train.config", "TrainJobConfig"),
     "recommend": ("pipelines.recommend", "RecommendConfig"),
     "evaluate": ("pipelines.evaluate", "EvaluateConfig"),
 }

@@ -8,7 +8,8 @@ import torch
 from srgnn.core.errors import ConfigError
 from srgnn.cuda_graphs import GraphedTrainStep
 from srgnn.data import Batch
-from srgnn.distributed import DistContext, TrainState, build_model, train_epoch, train_job
+from pipelines.train.job import build_model, train_job
+from srgnn.train import TrainState, TrainStep, train_epoch
 from test_train_distributed import RUN_DATE, markov_examples, small_config, write_shards
 
 L = 6
@@ -48,10 +49,9 @@ def test_fixed_buffer_step_trains_exactly_like_the_eager_job_step(tmp_path, vari
     assert fixed.cfg.static_shapes and not eager.cfg.static_shapes
     step = GraphedTrainStep(fixed, fixed_opt, 4, L, variant, torch.device("cpu"), use_graph=False)
 
-    ctx = DistContext()
-    a = train_epoch(eager, eager_opt, iter(batches), sizes, sum(sizes), ctx, eager_cfg, L, TrainState())
-    b = train_epoch(fixed, fixed_opt, iter(batches), sizes, sum(sizes), ctx, fixed_cfg, L, TrainState(),
-                    graphed=step)
+    run = dict(schedule=sizes, my_examples=sum(sizes), local_batch=4)
+    a = train_epoch(TrainStep(eager, eager_opt, kernel="eager"), iter(batches), TrainState(), **run)
+    b = train_epoch(TrainStep(fixed, fixed_opt, graphed=step), iter(batches), TrainState(), **run)
     assert a["examples"] == b["examples"] == 11
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     for (name, p), q in zip(eager.named_parameters(), fixed.parameters()):

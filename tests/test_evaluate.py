@@ -34,20 +34,20 @@ def train_tiny_srgnn(out: str, run_date: str, epochs: int, hidden: int = 32, see
     from srgnn.export import save_model
     from srgnn.model import ModelConfig, SRGNN
     from srgnn.reader import load_manifest, read_split
-    from srgnn.train import TrainConfig, train
+    from srgnn.train import TrainConfig, TrainData, train
 
     manifest = load_manifest(out, run_date)
     shards = f"{out}/shards/run_date={run_date}"
     tr, va = read_split(shards, "train"), read_split(shards, "valid")
     torch.manual_seed(seed)
     model = SRGNN(ModelConfig(n_items=manifest["n_items"], hidden_size=hidden, max_len=manifest["max_len"]))
-    cfg = TrainConfig(epochs=epochs, batch_size=100, progress=False, lr=lr, lr_decay_step=100)
+    cfg = TrainConfig(epochs=epochs, batch_size=100, progress=False, lr=lr, lr_dc_step=100)
 
-    def batches(split, shuffle):
-        return lambda epoch: batches_from_arrays(split["items"], split["length"], split["target"], split["ngc_w"],
-                                                 batch_size=100, shuffle=shuffle, seed=epoch)
+    def batches(split, shuffle, epoch=1):
+        return batches_from_arrays(split["items"], split["length"], split["target"], split["ngc_w"],
+                                   batch_size=100, shuffle=shuffle, seed=epoch - 1)
 
-    train(model, cfg, batches(tr, True), batches(va, False))
+    train(model, cfg, TrainData(train=lambda epoch: batches(tr, True, epoch), valid=lambda: batches(va, False)))
     save_model(f"{out}/models/run_date={run_date}", model, {"manifest_hash": manifest["content_hash"]})
     return {"model": model, "manifest": manifest}
 

@@ -80,3 +80,21 @@ def test_weights_that_do_not_match_the_config(tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(InputError, match="wrong shapes.*embedding.weight"):
         load_model(str(tmp_path / "m"))
+
+
+def test_the_export_holds_no_training_choice_and_older_exports_with_kernel_still_load(tmp_path):
+    torch.manual_seed(0)
+    model = SRGNN(ModelConfig(n_items=9, hidden_size=4, max_len=3))
+    config = save_model(str(tmp_path / "m"), model)
+    on_disk = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "kernel" not in config["model"] and "kernel" not in on_disk["model"]
+    on_disk["model"]["kernel"] = "auto"          # what exports made before the trainer chose the engine
+    (tmp_path / "m" / "config.json").write_text(json.dumps(on_disk))
+    loaded, loaded_config = load_model(str(tmp_path / "m"))
+    assert loaded.cfg == model.cfg and loaded_config["model"]["kernel"] == "auto"
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    on_disk["model"]["colour"] = "blue"          # anything else unknown is still an error
+    (tmp_path / "m" / "config.json").write_text(json.dumps(on_disk))
+    with pytest.raises(Exception, match="colour"):
+        load_model(str(tmp_path / "m"))

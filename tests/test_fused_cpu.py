@@ -1,4 +1,4 @@
-"""The native CPU kernel (``kernel: fused``, srgnn.fused_cpu) against the eager model, and LeanAdam.
+"""The native CPU kernel (the trainer's ``kernel: fused``, srgnn.fused_cpu) against the eager model, and LeanAdam.
 
 The kernel is compiled once per machine (~35 s on 2 cores, cached under ~/.cache/torch_extensions).
 """
@@ -16,7 +16,8 @@ import torch
 from srgnn.core.errors import ConfigError
 from srgnn import fused_cpu
 from srgnn.model import READOUTS, SRGNN, VARIANTS, ModelConfig
-from srgnn.train import LeanAdam, TrainConfig, make_optimizer, train_step
+from srgnn.optim import LeanAdam, make_optimizer
+from srgnn.train import TrainStep
 from srgnn.data import Batch
 
 N_ITEMS, L = 12, 6
@@ -44,15 +45,14 @@ def batch(seed: int, variant: str) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def test_fused_loss_and_gradients_equal_the_eager_models(variant, readout, step):
     torch.manual_seed(0)
     model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, step=step, variant=variant, readout=readout,
-                              max_len=L, kernel="eager"))
+                              max_len=L))
     items, lengths, ngc, targets = batch(step, variant)
     eager = model(items, lengths, ngc, targets)
     eager.backward()
     want = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
 
-    model.cfg.kernel = "fused"
-    fused = model(items, lengths, ngc, targets)
+    fused = fused_cpu.KernelLoss(model)(items, lengths, ngc, targets)
     fused.backward()
     assert fused.item() == pytest.approx(eager.item(), abs=1e-6)
     for name, p in model.named_parameters():
@@ -65,7 +65,7 @@ def test_gradients_without_autograd_equal_autograd_backward(variant):
     """fused_cpu.loss_and_grads (the single-process trainers' path) = scale * loss.backward() through
     FusedLoss, and it adds to gradients already there, as backward() does."""
     torch.manual_seed(0)
-    model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, variant=variant, max_len=L, kernel="fused"))
+    model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, variant=variant, max_len=L))
     items, lengths, ngc, targets = batch(5, variant)
     (fused_cpu.fused_loss(model, items, lengths, ngc, targets) * 2.5).backward()
     want = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -94,9 +94,11 @@ def test_fused_training_follows_eager_training():
     runs = {}
     for kernel in ("eager", "fused"):
         torch.manual_seed(1)
-        model = SRGNN(ModelConfig(n_items=200, hidden_size=16, max_len=10, kernel=kernel))
-        opt = make_optimizer(model, TrainConfig(lr=3e-2))
-        losses = [float(train_step(model, opt, b)) for b in batches + batches]
+        model = SRGNN(ModelConfig(n_items=200, hidden_size=16, max_len=10))
+        opt = make_optimizer(model.parameters(), lr=3e-2, l2=1e-5)
+        step = TrainStep(model, opt, kernel=kernel)
+        assert step.engine == kernel
+        losses = [float(step(b, 1 / len(b))) / len(b) for b in batches + batches]
         runs[kernel] = (model.state_dict(), losses)
     (w_eager, l_eager), (w_fused, l_fused) = runs["eager"], runs["fused"]
     assert l_fused == pytest.approx(l_eager, abs=1e-4)
@@ -107,37 +109,38 @@ def test_fused_training_follows_eager_training():
 
 def test_fused_kernel_refuses_what_it_cannot_run():
     items, lengths, _, targets = batch(0, "srgnn")
-    with pytest.raises(ConfigError, match="static_shapes"):
-        ModelConfig(n_items=N_ITEMS, kernel="fused", static_shapes=True).validate()
-    model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L, kernel="fused")).double()
+    model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L)).double()
     with pytest.raises(ConfigError, match="float32 on the CPU"):
-        model(items, lengths, None, targets)
+        fused_cpu.fused_loss(model, items, lengths, None, targets)
     model = model.float()
     with pytest.raises(ConfigError, match="ngc_w"):
-        SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L, variant="ngc", kernel="fused"))(
-            items, lengths, None, targets)
+        fused_cpu.fused_loss(SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L, variant="ngc")),
+                             items, lengths, None, targets)
     bad = lengths.clone()
     bad[3] = 0
     with pytest.raises(RuntimeError, match="session 3 has length 0; each must be 1..6"):
-        model(items, bad, None, targets)
+        fused_cpu.fused_loss(model, items, bad, None, targets)
     with pytest.raises(RuntimeError, match="target 13 of row 0 is outside 1..12"):
-        model(items, lengths, None, torch.full_like(targets, N_ITEMS + 1))
-    # without targets (scoring) the model never touches the kernel
-    assert model(items, lengths).shape == (len(lengths), N_ITEMS)
+        fused_cpu.fused_loss(model, items, lengths, None, torch.full_like(targets, N_ITEMS + 1))
+    # the model itself never takes the kernel: with targets it is the eager loss, also in float64
+    assert model.double()(items, lengths, None, targets).dtype == torch.float64
 
 
 def test_auto_takes_the_kernel_where_it_can_run():
     model = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L))
-    assert model.cfg.kernel == "auto" and fused_cpu.applies(model)
+    assert fused_cpu.use_kernel("auto", model) and fused_cpu.use_kernel("fused", model)
+    assert not fused_cpu.use_kernel("eager", model)
+    assert not fused_cpu.use_kernel("auto", model, autocast=True)
+    assert not fused_cpu.use_kernel("auto", model, compiled=True)
+    assert not fused_cpu.use_kernel("auto", SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L,
+                                                              static_shapes=True)))
+    assert not fused_cpu.use_kernel("auto", SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L)).double())
+    opt = make_optimizer(model.parameters(), lr=1e-3, l2=1e-5)
+    assert TrainStep(model, opt).engine == "fused"
+    assert TrainStep(model, opt, kernel="eager").engine == "eager"
     items, lengths, _, targets = batch(0, "srgnn")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fused_cpu.applies(model)
         assert model(items, lengths, None, targets).isfinite()          # the eager model under autocast
-    assert not fused_cpu.applies(SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L, static_shapes=True)))
-    double = SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L)).double()
-    assert not fused_cpu.applies(double)
-    assert double(items, lengths, None, targets).dtype == torch.float64  # eager, no error
-    assert not fused_cpu.applies(SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L, kernel="eager")))
 
 
 def test_the_build_is_named_by_what_it_depends_on_and_reused_without_a_compiler(tmp_path):

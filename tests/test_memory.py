@@ -16,21 +16,23 @@ sys.path.insert(0, {root!r})
 from srgnn.data import Batch
 from srgnn.memory import keep_freed_memory
 from srgnn.model import SRGNN, ModelConfig
-from srgnn.train import TrainConfig, make_optimizer, train_step
+from srgnn.optim import make_optimizer
+from srgnn.train import TrainStep
 applied = keep_freed_memory() if {keep} else False
 torch.manual_seed(0)
 torch.set_num_threads(1)
 n_items, B, L = 40000, 100, 10
 model = SRGNN(ModelConfig(n_items=n_items, hidden_size=100, max_len=L))
-opt = make_optimizer(model, TrainConfig())
+opt = make_optimizer(model.parameters(), lr=1e-3, l2=1e-5)
 lengths = torch.randint(1, L + 1, (B,))
 items = torch.randint(1, n_items + 1, (B, L)) * (torch.arange(L) < lengths.unsqueeze(1))
 batch = Batch(items=items, lengths=lengths, targets=torch.randint(1, n_items + 1, (B,)))
+step = TrainStep(model, opt)
 for _ in range(5):
-    train_step(model, opt, batch)
+    step(batch, 1 / B)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
-    train_step(model, opt, batch)
+    step(batch, 1 / B)
 print(json.dumps({{"applied": applied,
                   "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10}}))
 """

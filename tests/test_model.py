@@ -285,3 +285,26 @@ def test_bad_lengths_are_named():
         build_session_graph(torch.tensor([[1, 2], [3, 0]]), torch.tensor([2, 0]))
     with pytest.raises(InputError, match="1..2"):
         build_session_graph(torch.tensor([[1, 2], [3, 0]]), torch.tensor([3, 1]))
+
+
+def test_the_model_is_pure_its_forward_never_loads_the_native_kernel():
+    """The loss engine is the trainer's choice: a fresh process that builds, trains (forward with
+    targets, backward) and scores the model never imports srgnn.fused_cpu, so it never builds or
+    loads the C++ kernel, and the model's options hold no training choice."""
+    import dataclasses
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, torch\n"
+            "from srgnn.model import SRGNN, ModelConfig\n"
+            "m = SRGNN(ModelConfig(n_items=9, hidden_size=4, max_len=3))\n"
+            "items = torch.tensor([[1, 2, 0], [3, 3, 4]]); lengths = torch.tensor([2, 3])\n"
+            "m(items, lengths, targets=torch.tensor([5, 6])).backward()\n"
+            "assert m(items, lengths).shape == (2, 9)\n"
+            "print(sorted(k for k in sys.modules if k.startswith('srgnn')))\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)}, check=True).stdout
+    assert "srgnn.model" in out and "srgnn.fused_cpu" not in out and "srgnn.train" not in out
+    assert "kernel" not in {f.name for f in dataclasses.fields(ModelConfig)}

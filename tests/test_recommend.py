@@ -355,7 +355,7 @@ def test_recommendations_reproduce_the_trainers_test_metrics_exactly(spark, samp
     from pyspark.sql import functions as F
 
     from srgnn import metrics, reader
-    from srgnn.distributed import TrainJobConfig, train_job
+    from pipelines.train.job import TrainJobConfig, train_job
     from srgnn.export import load_model
 
     run_date = sample_stage2["run_date"]

@@ -14,8 +14,11 @@ import pytest
 import torch
 
 from srgnn.core.errors import ConfigError
-from srgnn.distributed import (DistContext, TrainJobConfig, evaluate, launch_local, step_schedule,
-                               train_job)
+from pipelines.train.config import TrainJobConfig
+from pipelines.train.job import train_job
+from pipelines.train.launch import launch_local
+from srgnn.ddp import DistContext, step_schedule
+from srgnn.train import evaluate
 
 RUN_DATE = "2024-03-01"
 MAX_LEN = 6
@@ -131,8 +134,7 @@ def test_two_gloo_processes_match_one_process_on_uneven_shards(tmp_path):
     model, _ = load_model(two["export_dir"])
     shards = str(tmp_path / "shards" / f"run_date={RUN_DATE}")
     for split in ("valid", "test"):
-        single = evaluate(model, reader.iter_batches(shards, split, 7, workers_count=1), DistContext(),
-                          "srgnn", N_ITEMS)
+        single = evaluate(model, reader.iter_batches(shards, split, 7, workers_count=1), DistContext())
         distributed = two["history"][0][split]
         assert single["examples"] == distributed["examples"]
         for name in ("hr@20", "mrr@20", "ndcg@20", "hr@10", "mrr@10", "ndcg@10", "loss"):

@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 from srgnn.core.cli import run_job
 from srgnn.core.errors import ConfigError
 from srgnn import checkpoint as ckpt
-from srgnn.distributed import TrainJobConfig, per_rank_batch, train_job
+from pipelines.train.config import TrainJobConfig
+from pipelines.train.job import train_job
+from srgnn.ddp import per_rank_batch
 from test_train_distributed import RUN_DATE, markov_examples, small_config, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +134,7 @@ def test_early_stopping_exports_best_epoch_and_logs_mlflow(tmp_path):
     assert config["n_items"] == manifest["n_items"] and config["max_len"] == manifest["max_len"]
     assert config["manifest_hash"] == manifest["content_hash"]
     assert config["variant"] == "srgnn" and config["readout"] == "hybrid" and config["best_epoch"] == 1
-    assert config["model"]["hidden_size"] == 16
+    assert config["model"]["hidden_size"] == 16 and "kernel" not in config["model"]   # no training choices
     first = result["history"][0]
     for split in ("valid", "test"):
         for name in ("hr@20", "mrr@20", "ndcg@20"):
@@ -227,8 +229,8 @@ def test_missing_or_changed_shards_are_one_clear_line(tmp_path, capsys):
     assert "manifest not found" in line
 
     with pytest.raises(ConfigError, match="global batch"):
-        per_rank_batch(small_config(tmp_path, batch_size=100), 3)
-    assert per_rank_batch(small_config(tmp_path, batch_size=100), 4) == 25
+        per_rank_batch(small_config(tmp_path, batch_size=100).batch_size, 3)
+    assert per_rank_batch(small_config(tmp_path, batch_size=100).batch_size, 4) == 25
 
 
 # ---- end to end on the bundled sample: stage 1 -> 2 -> 3 under torchrun ---------------------------

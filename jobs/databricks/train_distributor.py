@@ -1,12 +1,12 @@
-"""Stage 3 on a Databricks GPU job cluster: srgnn.distributed.train_job in one process per GPU.
+"""Stage 3 on a Databricks GPU job cluster: pipelines.train.job.train_job in one process per GPU.
 
     spark_python_task: jobs/databricks/train_distributor.py --num-processes 4 --output OUT --run-date D [train options]
 
 ``pyspark.ml.torch.distributor.TorchDistributor`` (in the ML runtimes) starts ``--num-processes``
 processes on the driver node (``local_mode=True``, a single-node GPU cluster) with the torchrun
-environment (RANK, WORLD_SIZE, MASTER_ADDR, ...); each runs ``srgnn.distributed.distributor_train``
-(= ``train_job(cfg)``, nccl on CUDA), through ``srgnn.distributed.run_with_torch_distributor``. Every other option is stage 3's own
-(``srgnn.distributed.TrainJobConfig``, section ``train``).
+environment (RANK, WORLD_SIZE, MASTER_ADDR, ...); each runs ``pipelines.train.launch.distributor_train``
+(= ``train_job(cfg)``, nccl on CUDA), through ``pipelines.train.launch.run_with_torch_distributor``. Every other
+option is stage 3's own (``pipelines.train.config.TrainJobConfig``, section ``train``).
 Outside Databricks use ``torchrun --nproc_per_node=N jobs/train.py ...`` instead.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from srgnn.core.cli import run_job  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    from srgnn.distributed import TrainJobConfig, run_with_torch_distributor
+    from pipelines.train.launch import TrainJobConfig, run_with_torch_distributor
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--num-processes", type=int, default=1,
