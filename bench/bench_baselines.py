@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
 
     from bench.synth import SynthConfig, write_click_log
     from pipelines.baselines import BaselineParams, fit_baselines, training_sessions
-    from pipelines.evaluate import TestExamples
+    from pipelines.evaluate.scoring import TestExamples
     from pipelines.graph import GraphConfig, build_graph
     from pipelines.sessions import SessionsConfig, build_sessions
     from pipelines.spark import get_spark

@@ -3,6 +3,8 @@
 Tie rule: items are ranked by (score descending, item index ascending), so the target's rank is
 ``1 + #(score > s_t) + #(score == s_t and index < t)``. A target tied with other items is ranked
 below the tied items of lower index (no optimism from ties; the same order as a stable sort).
+A NaN score ranks last: other items' NaNs rank below every number, and a target that scores NaN
+gets the worst rank, ``n_items``, so a diverged model can never look good.
 
 Per cut-off K (default 10 and 20), over the examples:
 - ``hr@K``   hit rate (the paper's P@K): rank <= K
@@ -27,12 +29,17 @@ def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Rank (1 = best) of each target item (index 1..n) among all items, ties by lower index first."""
     t = (targets - 1).unsqueeze(1)
     s_t = logits.gather(1, t)
-    better = (logits > s_t).sum(1)
+    better = (logits > s_t).sum(1)          # a NaN is never greater: NaN items rank below numbers
     tied = logits == s_t
     if bool((tied.sum(1) > 1).any()):  # some target shares its score: lower indices go first
         index = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
-        return 1 + better + (tied & (index < t)).sum(1)
-    return 1 + better
+        ranks = 1 + better + (tied & (index < t)).sum(1)
+    else:
+        ranks = 1 + better
+    nan_target = torch.isnan(s_t.squeeze(1))
+    if bool(nan_target.any()):         # the worst rank, whatever the other scores
+        ranks = torch.where(nan_target, torch.full_like(ranks, logits.shape[1]), ranks)
+    return ranks
 
 
 def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -76,9 +83,11 @@ def ranked_top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
     One candidate ``topk`` of k + 1: the (k+1)-th largest score is the best one left out, so a row
     has a tie across the boundary exactly when it equals the k-th; only those rows take the exact
-    full-row path."""
+    full-row path. NaN scores rank last (as in :func:`target_ranks`)."""
     n = logits.shape[1]
     k = min(k, n)
+    if logits.is_floating_point() and bool(torch.isnan(logits).any()):
+        logits = logits.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     vals, idx = candidate_topk(logits, min(k + 1, n))
     boundary_tie = vals[:, k - 1] == vals[:, k] if k < n else torch.zeros_like(vals[:, 0], dtype=torch.bool)
     idx, vals = idx[:, :k].clone(), vals[:, :k].clone()

@@ -1,10 +1,11 @@
 """The torch side of stage 4: score sessions with an exported SR-GNN model and keep the top k.
 
 Used inside Spark's Python workers by :mod:`pipelines.recommend` (one model per worker process,
-cached here), and directly from tests and benchmarks.
+cached here), by the evaluation (:func:`pick_device`), and directly from tests and benchmarks.
+Nothing here knows about Spark: the caller passes what the task was given (a GPU address).
 
 Ranking convention (the same as :mod:`srgnn.metrics`): items are ordered by score descending and,
-among equal scores, by item index ascending: :func:`top_k` is the evaluation's own
+among equal scores, by item index ascending: the top k are the evaluation's own
 :func:`srgnn.metrics.ranked_top_k`, so the recommendations are the lists the metrics scored.
 """
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from srgnn.core.contracts import CONFIG_FILE, WEIGHTS_FILE
+from srgnn.core.errors import ConfigError
 from srgnn.metrics import ranked_top_k
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 # One model per Python worker: key (model dir, files' mtime+size, device) -> (model, config).
 _MODEL_CACHE: dict[tuple[str, str, str], tuple[torch.nn.Module, dict[str, Any]]] = {}
@@ -35,22 +35,23 @@ def model_fingerprint(model_dir: str) -> str:
     return "|".join(parts)
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """The device to score on: a GPU Spark assigned to this task, else any visible GPU, else CPU."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        try:
-            from pyspark import TaskContext
+def pick_device(requested: str = "auto", assigned_gpu: str | None = None) -> torch.device:
+    """The device to score on.
 
-            ctx = TaskContext.get()
-            gpus = ctx.resources().get("gpu") if ctx is not None else None
-            if gpus is not None and gpus.addresses:
-                return torch.device(f"cuda:{gpus.addresses[0]}")
-        except ImportError:  # outside Spark
-            pass
-        return torch.device("cuda")
-    return torch.device("cpu")
+    ``'auto'``: the GPU ``assigned_gpu`` (an address such as ``'0'``, e.g. the one Spark gave the
+    task) when CUDA is available, else any visible GPU, else the CPU. ``'cpu'``, ``'cuda'`` or
+    ``'cuda:N'``: that device; a CUDA device without CUDA is a ConfigError.
+    """
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{assigned_gpu}" if assigned_gpu is not None else "cuda")
+        return torch.device("cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"option --device {requested}: no CUDA device is available")
+    try:
+        return torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"option --device: {requested!r} is not auto, cpu, cuda or cuda:N") from None
 
 
 def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -74,12 +75,6 @@ def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[to
         return hit
 
 
-def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top ``k`` scores per row and their column indices, ordered by (score desc, column asc)
-    (the evaluation's own ranking, :func:`srgnn.metrics.ranked_top_k`)."""
-    return ranked_top_k(scores, k)
-
-
 def mask_seen(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """Set the scores of the items in each session (right-padded indices, 0 = padding) to -inf."""
     seen = torch.zeros(scores.shape[0], scores.shape[1] + 1, dtype=torch.bool, device=scores.device)
@@ -95,7 +90,7 @@ def score_top_k(model: torch.nn.Module, items: torch.Tensor, lengths: torch.Tens
     logits = model(items, lengths, ngc_w)          # [B, n_items], column j is item j + 1 (Eq. 8)
     if exclude_seen:
         logits = mask_seen(logits, items)
-    values, cols = top_k(logits, k)
+    values, cols = ranked_top_k(logits, k)
     return cols + 1, values
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from chispa import assert_df_equality
 
-from pipelines.baselines import (BaselineParams, VSKNNScorer, fit_baselines, item_cooccurrence,
-                                 popularity_tie_break, ranked_items, sequential_rules, training_sessions)
+from pipelines.baselines import fit_baselines, item_cooccurrence, sequential_rules, training_sessions
+from srgnn.baselines import BaselineParams, VSKNNScorer, popularity_tie_break, ranked_items
 from srgnn.core.errors import ConfigError, InputError
 
 SESSIONS_SCHEMA = "session_id string, split string, item_idx array<int>, session_order long"
@@ -255,7 +255,7 @@ def test_metrics_rank_baseline_scores_in_the_baselines_order(fitted):
 
 
 def test_scores_stay_exact_in_float32_for_millions_of_items():
-    from pipelines.baselines import LastItemListScorer
+    from srgnn.baselines import LastItemListScorer
     from srgnn.metrics import target_ranks
 
     n = 3_000_000

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines.evaluate import EvaluateConfig, best_model, evaluate, evaluation_rows
+from pipelines.evaluate import EvaluateConfig, evaluate
+from pipelines.evaluate.report import best_model
+from pipelines.evaluate.transforms import evaluation_rows
 from srgnn.core.errors import ConfigError, InputError
 from pipelines.tables import TableStore
 

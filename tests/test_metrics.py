@@ -127,3 +127,22 @@ def test_top_k_items_order_and_ties_match_the_mask():
     targets = torch.randint(1, 31, (50,))
     position = (full == (targets - 1).unsqueeze(1)).float().argmax(1) + 1
     assert torch.equal(target_ranks(logits, targets), position)
+
+
+def test_a_nan_score_ranks_last_so_a_diverged_model_scores_zero():
+    nan = float("nan")
+    logits = torch.tensor([
+        [nan, 0.1, 0.5, nan, 0.2, 0.0],   # target 1 (NaN): the worst rank -> 6
+        [nan, 0.1, 0.5, nan, 0.2, 0.0],   # target 4 (NaN) -> 6
+        [nan, 0.1, 0.5, nan, 0.2, 0.0],   # target 5 (0.2): only 0.5 above, NaNs never -> 2
+    ])
+    assert target_ranks(logits, torch.tensor([1, 4, 5])).tolist() == [6, 6, 2]
+    values, cols = ranked_top_k(logits[:1], 4)
+    assert cols.tolist() == [[2, 4, 1, 5]]                      # the numbers first, no NaN
+    assert not torch.isnan(values).any()
+    diverged = torch.full((4, 6), nan)
+    acc = MetricAccumulator(n_items=6, ks=(2, 5))
+    acc.update(diverged, TARGETS, LENGTHS)
+    m = acc.finalize()
+    assert m["hr@5"] == 0.0 and m["mrr@5"] == 0.0 and m["ndcg@5"] == 0.0   # was 1.0 when NaN ranked first
+    assert target_ranks(diverged, TARGETS).tolist() == [6, 6, 6, 6]

@@ -1,4 +1,4 @@
-"""Stage 4 (issue 6): top-k recommendations scored inside Spark."""
+"""Stage 4: top-k recommendations scored inside Spark."""
 from __future__ import annotations
 
 import json
@@ -15,12 +15,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from srgnn.core.errors import InputError
-from pipelines.recommend import (RecommendConfig, explode_top_k, padded_sessions, popular_items,
-                                 recommend, session_clicks, session_counts, session_item_indices,
-                                 clicks_with_item_index, sessions_to_score)
+from pipelines.recommend import RecommendConfig, recommend
+from pipelines.recommend.transforms import (clicks_with_item_index, explode_top_k, padded_sessions,
+                                            popular_items, session_clicks, session_counts,
+                                            session_item_indices, sessions_to_score)
 from pipelines.tables import TableStore
 from srgnn.data import pad_prefixes
-from srgnn.scoring import mask_seen, top_k
+from srgnn.metrics import ranked_top_k
+from srgnn.scoring import mask_seen
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DATE = "2024-03-05"
@@ -41,17 +43,17 @@ def test_top_k_breaks_ties_by_item_index_inside_and_at_the_boundary():
     scores = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, 0.0],    # ties inside the top 3
                            [5.0, 1.0, 1.0, 1.0, 1.0, 1.0],    # tie at the boundary (k-th)
                            [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]])   # all tied
-    vals, cols = top_k(scores, 3)
+    vals, cols = ranked_top_k(scores, 3)
     assert cols.tolist() == [[1, 2, 4], [0, 1, 2], [0, 1, 2]]
     assert vals.tolist() == [[3.0, 3.0, 3.0], [5.0, 1.0, 1.0], [0.5, 0.5, 0.5]]
     # Many ties on a bigger matrix: integer scores from a small range.
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 7, (64, 300), generator=g).float()
     ref_vals, ref_cols = reference_top_k(scores, 20)
-    vals, cols = top_k(scores, 20)
+    vals, cols = ranked_top_k(scores, 20)
     assert torch.equal(cols, ref_cols) and torch.equal(vals, ref_vals)
     # k larger than the catalogue: everything, ranked.
-    assert top_k(scores[:2, :5], 20)[1].shape == (2, 5)
+    assert ranked_top_k(scores[:2, :5], 20)[1].shape == (2, 5)
 
 
 def test_mask_seen_hides_the_sessions_items_but_not_item_one_for_padding():
@@ -420,7 +422,7 @@ def test_ngc_weights_in_spark_equal_the_shards(spark, sample_stage2):
     equals the shards' ngc_w for the same (prefix, target)."""
     from pyspark.sql import functions as F
 
-    from pipelines.recommend import ngc_transition_weights
+    from pipelines.recommend.transforms import ngc_transition_weights
     from srgnn import reader
 
     run_date, out = sample_stage2["run_date"], sample_stage2["output"]

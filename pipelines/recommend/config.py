@@ -1,0 +1,75 @@
+"""Stage 4's options: :class:`RecommendConfig` (the stage) and :class:`ShowRecommendationsConfig`."""
+from __future__ import annotations
+
+import dataclasses
+
+from srgnn.core.config import StageConfig, opt
+from srgnn.core.contracts import RECOMMENDATIONS
+from srgnn.core.errors import ConfigError
+from srgnn.core.layout import Layout
+
+TABLE = RECOMMENDATIONS
+SOURCE_MODEL = "model"
+SOURCE_POPULAR = "popular"
+SOURCE_FORMATS = ("parquet", "delta", "orc", "json", "table")
+
+
+@dataclasses.dataclass
+class RecommendConfig(StageConfig):
+    """Stage 4: top-k recommendations for the run date's sessions, written to table recommendations."""
+
+    yaml_section = "recommend"
+
+    output: str = opt(None, "table root OUT (reads item_vocab/sessions, writes recommendations)",
+                      required=True)
+    run_date: str = opt(None, "run date YYYY-MM-DD", required=True)
+    table_format: str = opt("parquet", "table format", choices=("parquet", "delta"))
+    model_dir: str = opt("", "exported model folder (default OUT/models/run_date=D)")
+    sessions: str = opt("", "sessions to score: a path or table name with a session id and ordered "
+                            "item ids (default: stage 1's sessions table of the run date)")
+    sessions_format: str = opt("parquet", "format of --sessions ('table' = a catalog table name)",
+                               choices=SOURCE_FORMATS)
+    split: str = opt("test", "keep only this split of a source with a 'split' column "
+                             "(the test split stands in for today's sessions on the sample)",
+                     choices=("test", "train", "all"))
+    session_id_col: str = opt("session_id", "session id column of --sessions")
+    items_col: str = opt("item_ids", "column of --sessions holding the item ids in click order")
+    k: int = opt(20, "recommendations per session")
+    batch_size: int = opt(128, "sessions per model call inside a Python worker (CPU: small keeps the "
+                                 "batch x n_items scores in cache; raise it on a GPU)")
+    exclude_seen: bool = opt(False, "never recommend an item already in the session "
+                                    "(off, as in the paper's evaluation)")
+    max_len: int = opt(0, "clicks fed to the model, the last ones (0 = the model's max_len)")
+    device: str = opt("auto", "'auto' (a GPU when the executor has one), 'cpu', 'cuda', 'cuda:N'")
+    torch_threads: int = opt(0, "torch threads per Python worker (0 = cores / concurrent tasks "
+                                "locally, spark.task.cpus on a cluster)")
+    partitions: int = opt(0, "scoring partitions (0 = Spark's default parallelism)")
+    check_manifest: bool = opt(True, "check the model's manifest hash against the run date's shards")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("k", "batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"option --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_len", "torch_threads", "partitions"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"option --{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.device and not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"option --device: {self.device!r} is not auto, cpu, cuda or cuda:N")
+
+    def resolved_model_dir(self) -> str:
+        if self.model_dir:
+            return self.model_dir
+        return Layout(self.output).model(self.run_date)
+
+
+@dataclasses.dataclass
+class ShowRecommendationsConfig(StageConfig):
+    """Print the recommendations of one session (rank, item id, score, source, model version)."""
+
+    yaml_section = "show_recommendations"
+
+    output: str = opt(None, "table root OUT", required=True)
+    run_date: str = opt(None, "run date YYYY-MM-DD", required=True)
+    session_id: str = opt(None, "the session to show", required=True)
+    table_format: str = opt("parquet", "table format", choices=("parquet", "delta"))

@@ -1,0 +1,170 @@
+"""Stage 4: nightly top-k recommendations per session, scored inside Spark (the job).
+
+    sessions (stage 1, or any table/path with a session id and ordered item ids)
+      -> session_clicks -> clicks_with_item_index (join with item_vocab) -> session_item_indices
+      -> sessions with known items:  padded_sessions -> mapInArrow(score_partitions) -> explode_top_k
+                                      -> with_item_ids                               source 'model'
+      -> sessions with no known item: popular_recommendations                      source 'popular'
+      -> table ``recommendations`` (OUT/recommendations/run_date=D/, replaced on rerun)
+
+The transforms are in :mod:`pipelines.recommend.transforms`, the scoring inside the executors in
+:mod:`pipelines.recommend.executor`; nothing is collected to the driver except counts.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipelines.recommend.config import (SOURCE_MODEL, SOURCE_POPULAR, TABLE, RecommendConfig,
+                                        ShowRecommendationsConfig)
+from pipelines.recommend.executor import default_torch_threads, make_partition_scorer
+from pipelines.recommend.transforms import (clicks_with_item_index, model_recommendations,
+                                            ngc_transition_weights, padded_sessions,
+                                            popular_recommendations, session_clicks, session_counts,
+                                            session_item_indices, sessions_to_score, with_item_ids)
+from pipelines.tables import TableStore
+from srgnn.core.contracts import CONFIG_FILE, ITEM_GRAPH, ITEM_VOCAB, SESSIONS, STATS_RECOMMEND
+from srgnn.core.errors import InputError
+from srgnn.core.fs import local_path, read_json, write_json_atomic
+from srgnn.core.layout import partition_name
+from srgnn.core.log import get_logger
+from srgnn.integrity import check_export, check_model_matches_manifest
+
+log = get_logger(__name__)
+
+
+def check_model_matches_run_date(config: dict[str, Any], model_dir: str, vocab: DataFrame, store: TableStore,
+                                 run_date: str, check_manifest: bool) -> dict[str, Any]:
+    """The model must be the run date's model: its ``n_items`` is the largest index of the run
+    date's ``item_vocab``, and (when ``check_manifest`` and the run date has shards) it was trained
+    on those shards."""
+    row = vocab.agg(F.max("item_idx").alias("max_idx"), F.count("*").alias("n")).first()
+    n_items = int(config["n_items"])
+    if row["max_idx"] is None or int(row["max_idx"]) != n_items:
+        raise InputError(
+            f"model/vocabulary mismatch: {model_dir}/{CONFIG_FILE} has n_items={n_items} but table "
+            f"item_vocab {partition_name(run_date)} under {store.root} has max item_idx={row['max_idx']} "
+            f"({row['n']} items); score with the model trained on this vocabulary")
+    manifest_path = local_path(store.layout.manifest(run_date))
+    info = {"vocab_items": int(row["n"]), "manifest_checked": False}
+    if check_manifest and os.path.isfile(manifest_path) and config.get("manifest_hash"):
+        check_model_matches_manifest(config, read_json(manifest_path), model_dir, manifest_path,
+                                     hint=" (retrain, or pass --no-check-manifest to score anyway)")
+        info["manifest_checked"] = True
+    return info
+
+
+def read_sessions_source(spark, cfg: RecommendConfig, store: TableStore):
+    """The raw sessions source: stage 1's table of the run date, or --sessions."""
+    if not cfg.sessions:
+        return store.read(spark, SESSIONS, cfg.run_date), f"table sessions {partition_name(cfg.run_date)}"
+    if cfg.sessions_format == "table":
+        try:
+            return spark.table(cfg.sessions), f"table {cfg.sessions}"
+        except Exception as exc:  # AnalysisException: table not found
+            raise InputError(f"sessions table {cfg.sessions} cannot be read: "
+                             f"{str(exc).splitlines()[0]}") from None
+    if "://" not in cfg.sessions and not os.path.exists(local_path(cfg.sessions)):
+        raise InputError(f"sessions path not found: {cfg.sessions}")
+    return spark.read.format(cfg.sessions_format).load(cfg.sessions), f"{cfg.sessions_format} {cfg.sessions}"
+
+
+def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
+    """Write ``recommendations`` for ``cfg.run_date`` and return (and log, and save) the stats."""
+    cfg.validate_required()
+    t0 = time.time()
+    store = TableStore(cfg.output, cfg.table_format)
+    model_dir = os.path.abspath(local_path(cfg.resolved_model_dir()))
+    config = check_export(model_dir)
+    vocab = store.read(spark, ITEM_VOCAB, cfg.run_date)
+    match = check_model_matches_run_date(config, model_dir, vocab, store, cfg.run_date, cfg.check_manifest)
+    model_version = str(config.get("model_version") or os.path.basename(model_dir))
+    max_len = cfg.max_len or int(config["max_len"])
+    variant = str(config["model"].get("variant", "srgnn")) if isinstance(config["model"], dict) else "srgnn"
+    with_ngc = variant == "ngc"
+    log.info("model %s (version %s, variant %s, n_items %s), max_len %d, k %d",
+             model_dir, model_version, variant, config["n_items"], max_len, cfg.k)
+
+    source, source_name = read_sessions_source(spark, cfg, store)
+    sessions = sessions_to_score(source, cfg.session_id_col, cfg.items_col, cfg.split, source_name)
+    indexed_all = session_item_indices(clicks_with_item_index(session_clicks(sessions), vocab))
+    indexed_all = indexed_all.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = session_counts(indexed_all, max_len).first().asDict()
+        if counts["duplicate_rows"]:
+            examples = [r["session_id"] for r in indexed_all.where(F.col("session_id").isNotNull()
+                                                                   & (F.col("n_rows") > 1)).limit(3).collect()]
+            raise InputError(f"{source_name}: {counts['duplicate_rows']} extra rows share a session id "
+                             f"(e.g. {examples}); session ids must be unique")
+        if counts["rows_read"] == 0:
+            log.warning("%s has no sessions (split %s): writing an empty recommendations partition",
+                        source_name, cfg.split)
+        indexed = indexed_all.where(F.col("session_id").isNotNull())
+        threads = cfg.torch_threads or default_torch_threads(spark)
+        partitions = cfg.partitions or spark.sparkContext.defaultParallelism
+        padded = padded_sessions(indexed, max_len)
+        if with_ngc:
+            padded = ngc_transition_weights(padded, store.read(spark, ITEM_GRAPH, cfg.run_date), max_len)
+        scorer = make_partition_scorer(model_dir, cfg.k, max_len, cfg.batch_size, cfg.device,
+                                       cfg.exclude_seen, threads, with_ngc)
+        from_model = with_item_ids(model_recommendations(padded, scorer, partitions), vocab,
+                                   model_version, SOURCE_MODEL)
+        from_popular = with_item_ids(popular_recommendations(indexed, vocab, cfg.k), vocab,
+                                     model_version, SOURCE_POPULAR)
+        log.info("scoring %d sessions from %s in %d partitions (%d torch threads each, batch %d)",
+                 counts["sessions"], source_name, partitions, threads, cfg.batch_size)
+        target = store.write(from_model.unionByName(from_popular), TABLE, cfg.run_date)
+    finally:
+        indexed_all.unpersist()
+
+    written = store.read(spark, TABLE, cfg.run_date)
+    by_source = {r["source"]: int(r["count"]) for r in written.groupBy("source").count().collect()}
+    elapsed = time.time() - t0
+    n_sessions = counts["sessions"]
+    n_popular = counts["sessions_empty"] + counts["sessions_all_unknown"]
+    stats = {
+        "run_date": cfg.run_date,
+        "source": source_name,
+        "split": cfg.split,
+        "model_dir": model_dir,
+        "model_version": model_version,
+        "variant": variant,
+        "k": cfg.k,
+        "max_len": max_len,
+        **{key: int(value) for key, value in counts.items() if key != "duplicate_rows"},
+        "sessions_model": n_sessions - n_popular,
+        "sessions_popular": n_popular,
+        "rows_written": sum(by_source.values()),
+        "rows_model": by_source.get(SOURCE_MODEL, 0),
+        "rows_popular": by_source.get(SOURCE_POPULAR, 0),
+        "exclude_seen": cfg.exclude_seen,
+        "manifest_checked": match["manifest_checked"],
+        "output": target,
+        "seconds": round(elapsed, 3),
+        "sessions_per_s": round(n_sessions / elapsed, 1) if elapsed > 0 else None,
+    }
+    stats_path = write_json_atomic(store.layout.stats(cfg.run_date, STATS_RECOMMEND), stats)
+    log.info("recommendations: %d sessions (%d model, %d popular; %d null ids skipped, %d unknown "
+             "items dropped), %d rows -> %s; stats %s; %.1f s",
+             n_sessions, stats["sessions_model"], n_popular, stats["null_session_ids"],
+             stats["unknown_items_dropped"],
+             stats["rows_written"], target, stats_path, elapsed)
+    return stats
+
+
+def session_recommendations(spark, cfg: ShowRecommendationsConfig):
+    """One session's rows of ``recommendations`` as a pandas DataFrame ordered by rank."""
+    cfg.validate_required()
+    table = TableStore(cfg.output, cfg.table_format).read(spark, TABLE, cfg.run_date)
+    rows = (table.where(F.col("session_id") == cfg.session_id)
+            .select("rank", "item_id", "score", "source", "model_version").orderBy("rank"))
+    pdf = rows.toPandas()
+    if pdf.empty:
+        raise InputError(f"session {cfg.session_id!r} has no rows in table {TABLE} "
+                         f"{partition_name(cfg.run_date)} under {cfg.output}")
+    return pdf
