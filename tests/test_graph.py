@@ -18,8 +18,9 @@ import pytest
 from chispa import assert_df_equality
 
 from srgnn.core.errors import InputError
-from pipelines.graph import (GraphConfig, build_graph, item_graph, padded_examples, recent_fraction_sessions,
-                             session_transitions, sessions_with_ngc_weights)
+from pipelines.graph import GraphConfig, build_graph
+from pipelines.graph.transforms import (item_graph, padded_examples, recent_fraction_sessions, session_transitions,
+                                        sessions_with_ngc_weights)
 from pipelines.tables import TableStore
 from srgnn.core.fs import write_json_atomic
 from srgnn.data import augment_sessions
@@ -259,7 +260,7 @@ def test_rerun_replaces_the_shards_and_the_graph(spark, handmade, tmp_path):
 def test_row_group_r_is_placed_in_partition_r(spark):
     from pyspark.sql import functions as F
 
-    from pipelines.graph import _murmur3_int, hash_partition_keys
+    from pipelines.graph.transforms import _murmur3_int, hash_partition_keys
 
     values = list(range(-3, 300)) + [2**31 - 1, -2**31]
     got = spark.createDataFrame([(v,) for v in values], "v int").select("v", F.hash("v").alias("h")).collect()

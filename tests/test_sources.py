@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import sources
+from pipelines.sessions import SessionsConfig, build_sessions, sources, transforms
+from pipelines.sessions.inputs import read_parsed
 from srgnn.core.errors import InputError
-from pipelines.sessions import SessionsConfig, build_sessions, read_parsed
 from pipelines.tables import TableStore
 
 RUN_DATE = "2024-02-01"
@@ -21,7 +21,7 @@ def quarantine_of(spark, out):
 
 
 def parsed_rows(spark, cfg):
-    parsed, counts, _ = sources.resolve_headers_and_segments(read_parsed(spark, cfg))
+    parsed, counts, _ = transforms.resolve_headers_and_segments(read_parsed(spark, cfg))
     return parsed.orderBy("source", "line_id").collect(), counts
 
 
@@ -165,11 +165,11 @@ def test_file_positions_dense_over_valid_rows_across_files_and_splits(spark, tmp
         for k, v in conf.items():
             spark.conf.set(k, v)
         try:
-            parsed, counts, segments = sources.resolve_headers_and_segments(read_parsed(spark, cfg))
+            parsed, counts, segments = transforms.resolve_headers_and_segments(read_parsed(spark, cfg))
             assert (parsed.rdd.getNumPartitions() > 4) == many
-            valid = sources.with_file_positions(sources.valid_rows(parsed)).collect()
+            valid = transforms.with_file_positions(transforms.valid_rows(parsed)).collect()
             # the segments counted with the headers give the same positions without a second pass
-            valid_seg = sources.with_file_positions(sources.valid_rows(parsed), segments).collect()
+            valid_seg = transforms.with_file_positions(transforms.valid_rows(parsed), segments).collect()
         finally:
             for k, v in old.items():
                 spark.conf.set(k, v)
@@ -185,7 +185,7 @@ def test_sessionize_events_cuts_at_gaps_per_user(spark):
         [("u", "a", 0, 0), ("u", "b", 30 * 60_000, 1), ("v", "c", 10, 2), ("u", "c", 60 * 60_000 + 1, 3),
          ("u", "d", 60 * 60_000 + 1, 4)],
         "user_id string, item_id string, ts_ms long, pos long")
-    got = sources.sessionize_events(events, 30).orderBy("pos").collect()
+    got = transforms.sessionize_events(events, 30).orderBy("pos").collect()
     assert [r.session_id for r in got] == ["u#1", "u#1", "v#1", "u#2", "u#2"]
     assert [r.time_s for r in got] == [0, 1800, 0, 3600, 3600]
 
