@@ -298,6 +298,24 @@ def test_empty_training_split_is_one_clear_error(spark, tmp_path):
     with pytest.raises(InputError, match="empty training split"):
         build_graph(spark, GraphConfig(output=out, run_date=RUN_DATE))
     assert not (Path(out) / "shards").exists()
+    assert not (Path(out) / "item_graph").exists()      # the checks run before the first write
+
+
+def test_stats_that_disagree_with_the_tables_leave_the_last_good_outputs(spark, tmp_path):
+    store = TableStore(str(tmp_path / "o"))
+    good = [("a", "train", [1, 2, 3]), ("b", "train", [2, 3, 4]), ("t", "test", [3, 4])]
+    out = write_stage1(spark, tmp_path / "o", good)
+    cfg = GraphConfig(output=out, run_date=RUN_DATE, valid_share=0, world_size=1)
+    manifest = build_graph(spark, cfg)
+    graph = sorted(store.read(spark, "item_graph", RUN_DATE).drop("run_date").collect())
+    # new sessions, but stats still counting the old ones: stage 1 did not finish for them
+    write_stage1(spark, tmp_path / "o", [("c", "train", [4, 1]), ("d", "train", [1, 4, 2]), ("t", "test", [3, 4])])
+    stats_path = store.layout.stats(RUN_DATE, "build_sessions.json")
+    write_json_atomic(stats_path, {"fraction": 1.0, "n_items": 4, "train_pairs": 4, "test_pairs": 1})
+    with pytest.raises(InputError, match="train_pairs=4 but the sessions table gives 3"):
+        build_graph(spark, cfg)
+    assert sorted(store.read(spark, "item_graph", RUN_DATE).drop("run_date").collect()) == graph
+    assert load_manifest(out, RUN_DATE) == manifest
 
 
 def test_job_runs_under_spark_submit_and_reports_errors_in_one_line(spark, tmp_path):

@@ -90,14 +90,15 @@ def build_graph(spark: SparkSession, cfg: GraphConfig) -> dict[str, Any]:
     roles, fraction_counts = _roles(sessions, fraction, cfg, where)
 
     transitions = session_transitions(roles)
-    store.write(item_graph(transitions, cfg.self_loops), C.ITEM_GRAPH, cfg.run_date)
-    graph = store.read(spark, C.ITEM_GRAPH, cfg.run_date).select("src_idx", "dst_idx", "weight")
-
-    weighted = sessions_with_ngc_weights(transitions, graph).persist(StorageLevel.MEMORY_AND_DISK)
+    graph = item_graph(transitions, cfg.self_loops).persist(StorageLevel.MEMORY_AND_DISK)
+    weighted = sessions_with_ngc_weights(transitions, graph.select("src_idx", "dst_idx", "weight"))
+    weighted = weighted.persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        # every check before the first write: a failed run leaves the date's outputs as they were
         counts, layout = split_layout(spark, weighted, cfg, where)
         _check_stage1_counts(counts, fraction_counts, _stats_path(store, cfg.run_date))
         log.info("examples per split: %s", {s: counts[s]["examples"] for s in C.SPLITS})
+        store.write(graph, C.ITEM_GRAPH, cfg.run_date)
         fields = {
             "schema_version": C.SCHEMA_VERSION, "run_date": cfg.run_date, "n_items": n_items,
             "max_len": cfg.max_len, "pad_side": "right", "world_size": cfg.world_size,
@@ -108,3 +109,4 @@ def build_graph(spark: SparkSession, cfg: GraphConfig) -> dict[str, Any]:
                                   fields)
     finally:
         weighted.unpersist()
+        graph.unpersist()

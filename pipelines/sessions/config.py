@@ -39,6 +39,8 @@ class SessionsConfig(StageConfig):
     delimiter: str = opt(",", "events/csv: field delimiter")
     time_unit: str = opt("auto", "events: timestamps as ISO-8601 or epoch s/ms",
                          choices=("auto", "iso", "s", "ms"))
+    allow_empty: bool = opt(False, "when no session survives, replace the run date's tables with empty "
+                                   "ones before stopping (default: write nothing)")
 
     def validate(self) -> None:
         super().validate()

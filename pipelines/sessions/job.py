@@ -18,10 +18,10 @@ from pipelines.sessions.transforms import (clicks_in_file_order, indexed_session
                                            order_key_bits, quarantine_rows, raw_only_when_quarantined,
                                            resolve_headers_and_segments, sessions_from_clicks, sessions_table,
                                            sessions_with_frequent_items, split_sessions, valid_rows,
-                                           with_dense_order)
+                                           with_dense_order, with_future_quarantined)
 from pipelines.tables import TableStore
 from srgnn.core import contracts as C
-from srgnn.core.dates import DAY_S
+from srgnn.core.dates import DAY_S, parse_run_date
 from srgnn.core.errors import InputError
 from srgnn.core.fs import write_json_atomic
 from srgnn.core.layout import Layout
@@ -69,6 +69,13 @@ def _session_conf(spark: SparkSession, conf: dict[str, str]):
                 spark.conf.set(k, v)
 
 
+def run_end_s(run_date: str) -> int:
+    """Unix seconds of the end of ``run_date`` (UTC midnight after it): clicks from then on are in
+    the future of the run."""
+    day = parse_run_date(run_date)
+    return (day - dt.date(1970, 1, 1)).days * DAY_S + DAY_S
+
+
 def _row(df: DataFrame, *aggs) -> dict:
     return df.agg(*aggs).collect()[0].asDict()
 
@@ -108,8 +115,8 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
 
     try:
         # 1. rows: quarantined by reason, valid (one pass)
-        parsed, by_reason, segments = resolve_headers_and_segments(
-            keep(raw_only_when_quarantined(read_parsed(spark, cfg))))
+        rows = with_future_quarantined(read_parsed(spark, cfg), run_end_s(cfg.run_date))
+        parsed, by_reason, segments = resolve_headers_and_segments(keep(raw_only_when_quarantined(rows)))
         n_valid = by_reason.pop(None, 0)
         rows_read = n_valid + sum(by_reason.values())
         log.info("read %d rows from %s: %d valid, %d quarantined %s", rows_read, cfg.input,
@@ -146,11 +153,15 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
         release(s0)   # s2 and support are built
         lap("frequent_items")
         if not st2["sessions"]:
+            counts = (f"no sessions left in {cfg.input} after filtering: {rows_read} rows read, "
+                      f"{sum(by_reason.values())} quarantined {by_reason}, {st0['sessions'] or 0} sessions, "
+                      f"{st0['sessions_long'] or 0} with >= {min_len} clicks")
+            if not cfg.allow_empty:
+                raise InputError(f"{counts}; nothing written (the tables of {cfg.run_date} are left as they "
+                                 f"were; --allow-empty replaces them with empty ones)")
             _write_empty(spark, store, cfg, quarantine)
-            raise InputError(
-                f"no sessions left in {cfg.input} after filtering: {rows_read} rows read, "
-                f"{sum(by_reason.values())} quarantined {by_reason}, {st0['sessions'] or 0} sessions, "
-                f"{st0['sessions_long'] or 0} with >= {min_len} clicks; see the quarantine table")
+            raise InputError(f"{counts}; wrote empty tables for {cfg.run_date} (--allow-empty), "
+                             f"see the quarantine table")
 
         # 4. split by date, vocabulary from the train sessions in official order
         max_time = int(st2["max_time"])

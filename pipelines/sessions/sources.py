@@ -42,11 +42,15 @@ REASONS = (
     "empty_session_id",
     "empty_user_id",       # events: user id missing, null or blank
     "empty_item_id",
+    "malformed_id",        # an id with a control character or a double quote; diginetica/yoochoose: not digits
     "malformed_timeframe",  # diginetica: timeframe is not an integer
     "malformed_date",      # date/timestamp text not in the expected layout
     "invalid_date",        # well-formed but not a real date/time (2016-02-30, 25:00:00)
+    "future_timestamp",    # dated after the end of the run date (set by the job, see transforms)
 )
 HEADER_MARKER = "_header"  # internal marker: a line equal to the header, resolved later
+_NUMERIC_ID = r"^[0-9]+$"               # diginetica and yoochoose ids are numbers
+_BAD_ID_CHARS = r'[\p{Cntrl}"]'         # control characters (NUL ...) or a stray double quote
 
 
 # ---- raw lines --------------------------------------------------------------------------------
@@ -73,6 +77,16 @@ def _field(fields, i: int):
 
 def _blank(c):
     return c.isNull() | (F.trim(c) == "")
+
+
+def _malformed_id(*ids, numeric: bool):
+    """True when one of the (trimmed) ids is not all digits (``numeric``) or holds a control
+    character or a double quote."""
+    bad = [(~c.rlike(_NUMERIC_ID)) if numeric else c.rlike(_BAD_ID_CHARS) for c in ids]
+    out = bad[0]
+    for b in bad[1:]:
+        out = out | b
+    return out
 
 
 def _common_reasons(line, header_text: str | None, n_fields, n_expected: int):
@@ -106,12 +120,14 @@ def diginetica_clicks(lines: DataFrame, header: Sequence[str]) -> DataFrame:
     (``click_key``); the session date is ``eventdate`` (midnight UTC, ``time_s``)."""
     idx = {c: header.index(c) for c in ("session_id", "item_id", "timeframe", "eventdate")}
     staged = _split_once(lines, ";", {f"_{c}": i for c, i in idx.items()})
-    staged = staged.withColumn("_day", F.col("_eventdate").try_cast("date"))  # time-zone free; null for 2016-02-30
+    staged = (staged.withColumn("_session_id", F.trim("_session_id")).withColumn("_item_id", F.trim("_item_id"))
+                    .withColumn("_day", F.col("_eventdate").try_cast("date")))  # time-zone free; null for 2016-02-30
     line, sid, item = F.col("_line"), F.col("_session_id"), F.col("_item_id")
     timeframe, eventdate, day = F.col("_timeframe"), F.col("_eventdate"), F.col("_day")
     reason = (_common_reasons(line, ";".join(header), F.col("_n"), len(header))
               .when(_blank(sid), "empty_session_id")
               .when(_blank(item), "empty_item_id")
+              .when(_malformed_id(sid, item, numeric=True), "malformed_id")
               .when(~timeframe.rlike(r"^[+-]?\d{1,18}$"), "malformed_timeframe")
               .when(~eventdate.rlike(r"^\d{4}-\d{2}-\d{2}$"), "malformed_date")
               .when(day.isNull(), "invalid_date"))
@@ -139,11 +155,13 @@ def yoochoose_clicks(lines: DataFrame) -> DataFrame:
     """Parse ``session_id,timestamp,item_id,category`` lines (no header). Clicks keep file order;
     the time is ``timestamp[:19]`` read as UTC, as the official code does."""
     staged = _split_once(lines, ",", {"_sid": 0, "_ts": 1, "_item": 2})
-    staged = staged.withColumn("_t", _utc_seconds(F.col("_ts")))
+    staged = (staged.withColumn("_sid", F.trim("_sid")).withColumn("_item", F.trim("_item"))
+                    .withColumn("_t", _utc_seconds(F.col("_ts"))))
     line, sid, ts, item, t = (F.col(c) for c in ("_line", "_sid", "_ts", "_item", "_t"))
     reason = (_common_reasons(line, ",".join(YOOCHOOSE_COLUMNS), F.col("_n"), len(YOOCHOOSE_COLUMNS))
               .when(_blank(sid), "empty_session_id")
               .when(_blank(item), "empty_item_id")
+              .when(_malformed_id(sid, item, numeric=True), "malformed_id")
               .when(~ts.rlike(_ISO_Z), "malformed_date")
               .when(t.isNull(), "invalid_date"))
     return staged.select(
@@ -183,6 +201,7 @@ def _event_time_ms(ts, time_unit: str):
 def _event_fields(raw_values: dict, line, n_fields, n_expected: int | None, header_text: str | None,
                   time_unit: str, json_check=None):
     user, ts, item, etype = raw_values["user"], raw_values["time"], raw_values["item"], raw_values["type"]
+    user, item = F.trim(user), F.trim(item)
     ts_ms = _event_time_ms(F.trim(ts), time_unit)
     if n_expected is not None:
         chain = _common_reasons(line, header_text, n_fields, n_expected)
@@ -192,6 +211,7 @@ def _event_fields(raw_values: dict, line, n_fields, n_expected: int | None, head
         chain = chain.when(json_check, "malformed_json")
     reason = (chain.when(_blank(user), "empty_user_id")
                    .when(_blank(item), "empty_item_id")
+                   .when(_malformed_id(user, item, numeric=False), "malformed_id")
                    .when(_blank(ts) | ts_ms.isNull(), "malformed_date"))
     return reason, user, item, ts_ms, etype
 

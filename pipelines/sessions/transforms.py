@@ -52,6 +52,14 @@ def resolve_headers_and_segments(parsed: DataFrame) -> tuple[DataFrame, dict, li
     return parsed.where(~(is_header & is_top)).withColumn("reason", reason), counts, segments
 
 
+def with_future_quarantined(parsed: DataFrame, end_s: int) -> DataFrame:
+    """Rows still valid whose time is at or after ``end_s`` (Unix seconds: the end of the run date)
+    get the reason ``future_timestamp``: they are quarantined and cannot move the split date."""
+    t_ms = F.col("ts_ms") if "ts_ms" in parsed.columns else F.col("time_s") * 1000
+    future = F.col("reason").isNull() & (t_ms >= F.lit(int(end_s) * 1000))
+    return parsed.withColumn("reason", F.when(future, F.lit("future_timestamp")).otherwise(F.col("reason")))
+
+
 def raw_only_when_quarantined(parsed: DataFrame) -> DataFrame:
     """Null ``raw`` on valid rows (nothing reads it there): a much smaller cache."""
     return parsed.withColumn("raw", F.when(F.col("reason").isNotNull(), F.col("raw")))
