@@ -18,8 +18,9 @@ import pytest
 from chispa import assert_df_equality
 
 from srgnn.core.errors import InputError
-from pipelines.graph import (GraphConfig, build_graph, item_graph, padded_examples, recent_fraction_sessions,
-                             session_transitions, sessions_with_ngc_weights)
+from pipelines.graph import GraphConfig, build_graph
+from pipelines.graph.transforms import (item_graph, padded_examples, recent_fraction_sessions, session_transitions,
+                                        sessions_with_ngc_weights)
 from pipelines.tables import TableStore
 from srgnn.core.fs import write_json_atomic
 from srgnn.data import augment_sessions
@@ -259,7 +260,7 @@ def test_rerun_replaces_the_shards_and_the_graph(spark, handmade, tmp_path):
 def test_row_group_r_is_placed_in_partition_r(spark):
     from pyspark.sql import functions as F
 
-    from pipelines.graph import _murmur3_int, hash_partition_keys
+    from pipelines.graph.transforms import _murmur3_int, hash_partition_keys
 
     values = list(range(-3, 300)) + [2**31 - 1, -2**31]
     got = spark.createDataFrame([(v,) for v in values], "v int").select("v", F.hash("v").alias("h")).collect()
@@ -297,6 +298,24 @@ def test_empty_training_split_is_one_clear_error(spark, tmp_path):
     with pytest.raises(InputError, match="empty training split"):
         build_graph(spark, GraphConfig(output=out, run_date=RUN_DATE))
     assert not (Path(out) / "shards").exists()
+    assert not (Path(out) / "item_graph").exists()      # the checks run before the first write
+
+
+def test_stats_that_disagree_with_the_tables_leave_the_last_good_outputs(spark, tmp_path):
+    store = TableStore(str(tmp_path / "o"))
+    good = [("a", "train", [1, 2, 3]), ("b", "train", [2, 3, 4]), ("t", "test", [3, 4])]
+    out = write_stage1(spark, tmp_path / "o", good)
+    cfg = GraphConfig(output=out, run_date=RUN_DATE, valid_share=0, world_size=1)
+    manifest = build_graph(spark, cfg)
+    graph = sorted(store.read(spark, "item_graph", RUN_DATE).drop("run_date").collect())
+    # new sessions, but stats still counting the old ones: stage 1 did not finish for them
+    write_stage1(spark, tmp_path / "o", [("c", "train", [4, 1]), ("d", "train", [1, 4, 2]), ("t", "test", [3, 4])])
+    stats_path = store.layout.stats(RUN_DATE, "build_sessions.json")
+    write_json_atomic(stats_path, {"fraction": 1.0, "n_items": 4, "train_pairs": 4, "test_pairs": 1})
+    with pytest.raises(InputError, match="train_pairs=4 but the sessions table gives 3"):
+        build_graph(spark, cfg)
+    assert sorted(store.read(spark, "item_graph", RUN_DATE).drop("run_date").collect()) == graph
+    assert load_manifest(out, RUN_DATE) == manifest
 
 
 def test_job_runs_under_spark_submit_and_reports_errors_in_one_line(spark, tmp_path):

@@ -19,11 +19,13 @@ from pyspark.sql import functions as F
 
 from bench.synth import SynthConfig, generate_clicks
 from srgnn.core.errors import ConfigError
-from pipelines.sessions import (SessionsConfig, build_sessions, item_vocabulary, order_key_bits,
-                                parse_fraction, sessions_from_clicks, split_sessions, stats_path,
-                                with_dense_order)
+from pipelines.sessions import SessionsConfig, build_sessions, parse_fraction
+from pipelines.sessions.transforms import (item_vocabulary, order_key_bits, sessions_from_clicks, split_sessions,
+                                           with_dense_order)
 from pipelines.tables import TableStore
+from srgnn.core.contracts import STATS_SESSIONS
 from srgnn.core.fs import read_json
+from srgnn.core.layout import Layout
 from srgnn.data import augment_sessions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +208,7 @@ def test_sample_parity_with_official_numbers_and_pairs(spark, sample_stage1, sam
     assert prefixes == official["train"]["prefixes"] and targets == official["train"]["targets"]
     prefixes, targets = augment_sessions(test)
     assert prefixes == official["test"]["prefixes"] and targets == official["test"]["targets"]
-    assert json.loads(Path(stats_path(sample_stage1["output"], sample_stage1["run_date"])).read_text()) == stats
+    assert json.loads(Path(Layout(sample_stage1["output"]).stats(sample_stage1["run_date"], STATS_SESSIONS)).read_text()) == stats
 
 
 def test_sample_every_row_is_used_filtered_or_quarantined(spark, sample_stage1, sample_csv):
@@ -325,7 +327,7 @@ def test_rerun_replaces_its_date_and_leaves_other_dates(spark, yoochoose_run, tm
     assert again.count() == stats["train_sessions"] + stats["test_sessions"] != n_before
     official = official_preprocess(yoochoose_run["lines"], "yoochoose", min_support=3)
     assert again.where("split = 'train'").count() == len(official["train"])
-    assert read_json(stats_path(cfg.output, cfg.run_date))["min_item_support"] == 3
+    assert read_json(Layout(cfg.output).stats(cfg.run_date, STATS_SESSIONS))["min_item_support"] == 3
     assert store.read(spark, "sessions", "2024-01-03").drop("run_date").collect() == other_sessions
     assert sorted(p.name for p in Path(cfg.output, "sessions").iterdir()) == \
         ["run_date=2024-01-02", "run_date=2024-01-03"]
@@ -352,7 +354,7 @@ def test_spark_submit_job_on_the_sample(tmp_path, sample_csv):
     lines = proc.stdout.splitlines()
     stats = json.loads("\n".join(lines[lines.index("{"):]))
     assert (stats["train_sessions"], stats["test_sessions"], stats["n_items"]) == (469, 39, 309)
-    assert read_json(stats_path(str(out), "2016-06-01")) == stats
+    assert read_json(Layout(str(out)).stats("2016-06-01", STATS_SESSIONS)) == stats
     for table in ("sessions", "item_vocab", "quarantine"):
         assert (out / table / "run_date=2016-06-01").is_dir()
 

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines import sources
+from pipelines.sessions import SessionsConfig, build_sessions, sources, transforms
+from pipelines.sessions.inputs import read_parsed
+from srgnn.core.contracts import STATS_SESSIONS
 from srgnn.core.errors import InputError
-from pipelines.sessions import SessionsConfig, build_sessions, read_parsed
+from srgnn.core.fs import read_json
+from srgnn.core.layout import Layout
 from pipelines.tables import TableStore
 
 RUN_DATE = "2024-02-01"
@@ -21,7 +24,7 @@ def quarantine_of(spark, out):
 
 
 def parsed_rows(spark, cfg):
-    parsed, counts, _ = sources.resolve_headers_and_segments(read_parsed(spark, cfg))
+    parsed, counts, _ = transforms.resolve_headers_and_segments(read_parsed(spark, cfg))
     return parsed.orderBy("source", "line_id").collect(), counts
 
 
@@ -70,7 +73,7 @@ def test_bad_yoochoose_rows_and_top_header(spark, fixtures_dir, tmp_path):
                       "empty_item_id": 1, "blank_line": 1}
     assert sum(counts.values()) == 15 == len(rows)          # the top header is not a row
     valid = [(r.session_id, r.item_id, r.time_s) for r in rows if r.reason is None]
-    assert valid[2] == ("2", "a", 1396432800)               # 2014-04-02T10:00:00Z, read as UTC
+    assert valid[2] == ("2", "101", 1396432800)              # 2014-04-02T10:00:00Z, read as UTC
     assert valid[3][2] == 1396433100                        # milliseconds cut ([:19])
 
 
@@ -153,7 +156,7 @@ def test_file_positions_dense_over_valid_rows_across_files_and_splits(spark, tmp
             if i % 7 == 3:
                 lines.append(f"bad line {i}")                          # quarantined
             else:
-                lines.append(f"{name}{i // 4},2014-04-01T10:{i % 60:02d}:00Z,{i},0")
+                lines.append(f"{ord(name[0])}{i // 4:03d},2014-04-01T10:{i % 60:02d}:00Z,{i},0")
         (d / name).write_text("\n".join(lines) + "\n")
         expected.append([ln.split(",")[0] + "/" + ln.split(",")[2] for ln in lines if not ln.startswith("bad")])
     expected = expected[1] + expected[0]
@@ -165,11 +168,11 @@ def test_file_positions_dense_over_valid_rows_across_files_and_splits(spark, tmp
         for k, v in conf.items():
             spark.conf.set(k, v)
         try:
-            parsed, counts, segments = sources.resolve_headers_and_segments(read_parsed(spark, cfg))
+            parsed, counts, segments = transforms.resolve_headers_and_segments(read_parsed(spark, cfg))
             assert (parsed.rdd.getNumPartitions() > 4) == many
-            valid = sources.with_file_positions(sources.valid_rows(parsed)).collect()
+            valid = transforms.with_file_positions(transforms.valid_rows(parsed)).collect()
             # the segments counted with the headers give the same positions without a second pass
-            valid_seg = sources.with_file_positions(sources.valid_rows(parsed), segments).collect()
+            valid_seg = transforms.with_file_positions(transforms.valid_rows(parsed), segments).collect()
         finally:
             for k, v in old.items():
                 spark.conf.set(k, v)
@@ -185,7 +188,7 @@ def test_sessionize_events_cuts_at_gaps_per_user(spark):
         [("u", "a", 0, 0), ("u", "b", 30 * 60_000, 1), ("v", "c", 10, 2), ("u", "c", 60 * 60_000 + 1, 3),
          ("u", "d", 60 * 60_000 + 1, 4)],
         "user_id string, item_id string, ts_ms long, pos long")
-    got = sources.sessionize_events(events, 30).orderBy("pos").collect()
+    got = transforms.sessionize_events(events, 30).orderBy("pos").collect()
     assert [r.session_id for r in got] == ["u#1", "u#1", "v#1", "u#2", "u#2"]
     assert [r.time_s for r in got] == [0, 1800, 0, 3600, 3600]
 
@@ -225,3 +228,106 @@ def test_yoochoose_time_is_utc_seconds_of_first_19_chars_in_any_session_zone(spa
             assert got == {v: expected(v) for v in values}, tz
     finally:
         spark.conf.set("spark.sql.session.timeZone", zone)
+
+
+# ---- bad rows: future clicks, untrimmed and malformed ids, inputs without sessions -------------
+def quarantine_reasons(spark, out, run_date=RUN_DATE):
+    return sorted((r.raw, r.reason) for r in quarantine_of_date(spark, out, run_date))
+
+
+def quarantine_of_date(spark, out, run_date):
+    return TableStore(str(out)).read(spark, "quarantine", run_date).collect()
+
+
+def test_clicks_after_the_run_date_are_quarantined_and_do_not_move_the_split(spark, tmp_path):
+    lines = [f"{s},2014-04-0{d}T10:0{i}:00Z,{100 + (s + i) % 3},0" for s, d in ((1, 1), (2, 2), (3, 3), (4, 4))
+             for i in range(2)]
+    lines += ["5,2014-04-04T23:59:59Z,100,0", "5,2014-04-04T23:59:59.999Z,101,0",   # the run date's last second
+              "6,2014-04-05T00:00:00Z,100,0", "6,2014-04-20T08:00:00Z,101,0"]      # after the run date
+    path = tmp_path / "clicks.dat"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = SessionsConfig(input=str(path), format="yoochoose", output=str(tmp_path / "out"),
+                         run_date="2014-04-04", min_item_support=1)
+    stats = build_sessions(spark, cfg)
+    assert stats["quarantined_by_reason"] == {"future_timestamp": 2}
+    assert quarantine_reasons(spark, cfg.output, "2014-04-04") == [
+        ("6,2014-04-05T00:00:00Z,100,0", "future_timestamp"), ("6,2014-04-20T08:00:00Z,101,0", "future_timestamp")]
+    assert stats["max_date"] == "2014-04-04T23:59:59Z" and stats["split_date"] == "2014-04-03T23:59:59Z"
+    assert (stats["train_sessions"], stats["test_sessions"]) == (3, 2)
+
+    events = tmp_path / "events.csv"     # events: the same rule on their millisecond times
+    events.write_text("user_id,timestamp,item_id\nv,2014-04-01T10:00:00Z,a\nv,2014-04-01T10:01:00Z,b\n"
+                      "u,2014-04-04T10:00:00Z,a\nu,2014-04-04T10:01:00Z,b\nu,1396656000000,c\n")
+    stats = build_sessions(spark, cfg.replace(input=str(events), format="events"))
+    assert stats["quarantined_by_reason"] == {"future_timestamp": 1}
+
+
+def test_ids_are_trimmed(spark, tmp_path):
+    path = tmp_path / "clicks.csv"
+    path.write_text("session_id;user_id;item_id;timeframe;eventdate\n"
+                    "1;NA; 12;1;2016-05-01\n1 ;NA;10;2;2016-05-01\n 2;NA;12 ;1;2016-05-05\n"
+                    "2;NA;10;2;2016-05-05\n3;NA;12;1;2016-05-09\n3;NA; 10 ;2;2016-05-09\n")
+    cfg = SessionsConfig(input=str(path), format="diginetica", output=str(tmp_path / "out"),
+                         run_date=RUN_DATE, min_item_support=1, split_days=2)
+    stats = build_sessions(spark, cfg)
+    store = TableStore(cfg.output)
+    vocab = sorted((r.item_id, r.item_idx, r.support) for r in store.read(spark, "item_vocab", RUN_DATE).collect())
+    assert vocab == [("10", 2, 3), ("12", 1, 3)]
+    sessions = store.read(spark, "sessions", RUN_DATE).orderBy("session_order").collect()
+    assert [(r.session_id, list(r.item_ids)) for r in sessions] == [("1", ["12", "10"]), ("2", ["12", "10"]),
+                                                                    ("3", ["12", "10"])]
+    assert stats["rows_quarantined"] == 0 and stats["n_items"] == 2
+
+
+def test_ids_with_control_characters_quotes_or_non_digits_are_malformed(spark, tmp_path):
+    good = [f"{s},2014-04-0{s}T10:0{i}:00Z,{10 + i},0" for s in (1, 2, 3) for i in range(2)]
+    bad = ["4,2014-04-03T10:00:00Z,1\x002,0", '4,2014-04-03T10:00:00Z,"12,0', "x4,2014-04-03T10:00:00Z,12,0",
+           "4,2014-04-03T10:00:00Z,12a,0", "4\x01,2014-04-03T10:00:00Z,12,0", "-4,2014-04-03T10:00:00Z,12,0"]
+    path = tmp_path / "clicks.dat"
+    path.write_bytes(("\n".join(good + bad) + "\n").encode())
+    cfg = SessionsConfig(input=str(path), format="yoochoose", output=str(tmp_path / "out"), run_date=RUN_DATE,
+                         min_item_support=1)
+    stats = build_sessions(spark, cfg)
+    assert stats["quarantined_by_reason"] == {"malformed_id": 6}
+    assert quarantine_reasons(spark, cfg.output) == sorted((b, "malformed_id") for b in bad)
+
+    digi = tmp_path / "clicks.csv"
+    digi.write_text("session_id;user_id;item_id;timeframe;eventdate\n1;NA;10;1;2016-05-01\n1;NA;11;2;2016-05-01\n"
+                    "1;NA;1.5;3;2016-05-01\nA1;NA;10;1;2016-05-01\n")
+    stats = build_sessions(spark, cfg.replace(input=str(digi), format="diginetica"))
+    assert stats["quarantined_by_reason"] == {"malformed_id": 2}
+
+    events = tmp_path / "events.csv"     # any text is an id here, except control characters and quotes
+    events.write_bytes(b'user_id,timestamp,item_id\nv,2014-03-30T10:00:00Z,sku 7\nv,2014-03-30T10:01:00Z,x\n'
+                       b'u-1,2014-04-01T10:00:00Z,sku 7\nu-1,2014-04-01T10:01:00Z,x\n'
+                       b'u\x00,2014-04-01T10:02:00Z,x\nu-1,2014-04-01T10:03:00Z,"x\nu-1,2014-04-01T10:04:00Z,x\x7f\n')
+    stats = build_sessions(spark, cfg.replace(input=str(events), format="events"))
+    assert stats["quarantined_by_reason"] == {"malformed_id": 3}
+    assert stats["rows_used"] == 4
+
+
+def test_an_input_without_sessions_keeps_the_dates_good_tables(spark, tmp_path):
+    good = tmp_path / "good.dat"
+    good.write_text("".join(f"{s},2014-04-0{s}T10:0{i}:00Z,{10 + i},0\n" for s in (1, 2, 3) for i in range(2)))
+    out = tmp_path / "out"
+    cfg = SessionsConfig(input=str(good), format="yoochoose", output=str(out), run_date=RUN_DATE, min_item_support=1)
+    stats = build_sessions(spark, cfg)
+    store = TableStore(str(out))
+    before = {t: sorted(store.read(spark, t, RUN_DATE).collect()) for t in ("sessions", "item_vocab", "quarantine")}
+    stats_file = Layout(str(out)).stats(RUN_DATE, STATS_SESSIONS)
+    assert read_json(stats_file) == stats
+
+    empty = tmp_path / "one_click_sessions.dat"       # every session is too short; one bad row
+    empty.write_text("7,2014-04-05T10:00:00Z,10,0\n8,2014-04-05T10:00:00Z,11,0\nbad\n")
+    with pytest.raises(InputError, match=r"no sessions left in .*one_click_sessions.dat after filtering: "
+                                         r"3 rows read, 1 quarantined .*2 sessions, 0 with >= 2 clicks; "
+                                         r"nothing written"):
+        build_sessions(spark, cfg.replace(input=str(empty)))
+    assert {t: sorted(store.read(spark, t, RUN_DATE).collect()) for t in before} == before
+    assert read_json(stats_file) == stats
+
+    with pytest.raises(InputError, match="wrote empty tables"):
+        build_sessions(spark, cfg.replace(input=str(empty), allow_empty=True))
+    assert store.read(spark, "sessions", RUN_DATE).count() == 0
+    assert store.read(spark, "item_vocab", RUN_DATE).count() == 0
+    assert [r.reason for r in store.read(spark, "quarantine", RUN_DATE).collect()] == ["too_few_columns"]

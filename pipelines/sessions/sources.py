@@ -1,33 +1,32 @@
-"""Stage 1 inputs: find the files, check their columns, parse rows into clicks or quarantine them.
+"""Stage 1's click-log formats: raw text lines parsed into clicks or quarantine reasons.
 
 Every input row ends up in exactly one place: a parsed click (``reason`` null) or the quarantine
 (``reason`` set). Text inputs are read as raw lines (``spark.read.text``) and split with built-in
-functions, so a bad row keeps its exact text in ``raw``. A file's own first-line header is not a row.
+functions, so a bad row keeps its exact text in ``raw``. A file's own first-line header is not a
+row (:func:`pipelines.sessions.transforms.resolve_headers_and_segments` tells it from a repeated one).
 
 File order: ``line_id`` is ``monotonically_increasing_id()`` attached right after the read (ordered
 within a file split, splits of a file in offset order); rows are in file order by
-``(source, line_id)``. :func:`with_file_positions` turns that into ``pos``, a dense 0..N-1 position
-over the *valid* rows, which the official code's "a session's date is set when the session id
-changes" rule needs (the quarantined rows are as if deleted from the file).
+``(source, line_id)``.
 
-Parsed clicks (common schema for every format)::
+Parsed clicks (common schema of diginetica and yoochoose)::
 
-    session_id string, item_id string, click_key long (order of clicks within a session),
-    time_s long (Unix seconds used for the session date and the split), pos long (file order)
+    source, line_id, raw, reason, session_id string, item_id string,
+    click_key long (order of clicks within a session), time_s long (Unix seconds: session date, split)
+
+Events parse to ``user_id``, ``item_id``, ``ts_ms``, ``event_type`` instead and are cut into
+sessions later (:func:`pipelines.sessions.transforms.sessionize_events`).
 """
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from srgnn.core.errors import InputError
-from srgnn.core.log import get_logger
-
-log = get_logger(__name__)
+from srgnn.core.dates import DAY_S
 
 DIGINETICA_COLUMNS = ("session_id", "user_id", "item_id", "timeframe", "eventdate")
 YOOCHOOSE_COLUMNS = ("session_id", "timestamp", "item_id", "category")
@@ -43,77 +42,15 @@ REASONS = (
     "empty_session_id",
     "empty_user_id",       # events: user id missing, null or blank
     "empty_item_id",
+    "malformed_id",        # an id with a control character or a double quote; diginetica/yoochoose: not digits
     "malformed_timeframe",  # diginetica: timeframe is not an integer
     "malformed_date",      # date/timestamp text not in the expected layout
     "invalid_date",        # well-formed but not a real date/time (2016-02-30, 25:00:00)
+    "future_timestamp",    # dated after the end of the run date (set by the job, see transforms)
 )
-_HEADER = "_header"        # internal marker: a line equal to the header, resolved later
-_PID_SHIFT = 33            # monotonically_increasing_id = partition index << 33 | row in partition
-DAY_S = 86_400
-
-
-# ---- files ------------------------------------------------------------------------------------
-def _jvm_path(spark: SparkSession, path: str):
-    jvm = spark._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
-
-
-def list_input_files(spark: SparkSession, path: str, expected: str) -> list[str]:
-    """Data files under ``path`` (a file, a folder - recursively - or a glob), hidden ones skipped.
-
-    Raises InputError naming the path and ``expected`` (the columns the format needs) when the
-    path is missing or holds no non-empty file.
-    """
-    if not path:
-        raise InputError(f"no input path given; expected {expected}")
-    fs, hpath = _jvm_path(spark, path)
-    statuses = fs.globStatus(hpath)
-    if statuses is None or len(statuses) == 0:
-        raise InputError(f"input path {path} does not exist; expected {expected}")
-    files: list[tuple[str, int]] = []
-    for st in statuses:
-        if st.isDirectory():
-            it = fs.listFiles(st.getPath(), True)
-            while it.hasNext():
-                f = it.next()
-                files.append((f.getPath().toString(), int(f.getLen())))
-        else:
-            files.append((st.getPath().toString(), int(st.getLen())))
-    root = hpath.toString().rstrip("/")
-    files = [(p, n) for p, n in files
-             if not any(part.startswith(("_", ".")) for part in p[len(root):].split("/") if part)
-             or p == root]
-    non_empty = sorted(p for p, n in files if n > 0)
-    if not non_empty:
-        raise InputError(f"input path {path} is empty (no non-empty data file); expected {expected}")
-    return non_empty
-
-
-def read_first_lines(spark: SparkSession, file: str, n: int = 1) -> list[str]:
-    """The first ``n`` lines of a file (decompressed if the codec is known), BOM and CR stripped."""
-    jvm = spark._jvm
-    fs, hpath = _jvm_path(spark, file)
-    stream = fs.open(hpath)
-    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(
-        spark._jsc.hadoopConfiguration()).getCodec(hpath)
-    if codec is not None:
-        stream = codec.createInputStream(stream)
-    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
-    lines: list[str] = []
-    try:
-        while len(lines) < n:
-            line = reader.readLine()
-            if line is None:
-                break
-            lines.append(line.lstrip("\ufeff").rstrip("\r"))
-    finally:
-        reader.close()
-    return lines
-
-
-def split_header(line: str, delimiter: str) -> list[str]:
-    return [c.strip().strip('"').strip() for c in line.split(delimiter)]
+HEADER_MARKER = "_header"  # internal marker: a line equal to the header, resolved later
+_NUMERIC_ID = r"^[0-9]+$"               # diginetica and yoochoose ids are numbers
+_BAD_ID_CHARS = r'[\p{Cntrl}"]'         # control characters (NUL ...) or a stray double quote
 
 
 # ---- raw lines --------------------------------------------------------------------------------
@@ -142,11 +79,21 @@ def _blank(c):
     return c.isNull() | (F.trim(c) == "")
 
 
+def _malformed_id(*ids, numeric: bool):
+    """True when one of the (trimmed) ids is not all digits (``numeric``) or holds a control
+    character or a double quote."""
+    bad = [(~c.rlike(_NUMERIC_ID)) if numeric else c.rlike(_BAD_ID_CHARS) for c in ids]
+    out = bad[0]
+    for b in bad[1:]:
+        out = out | b
+    return out
+
+
 def _common_reasons(line, header_text: str | None, n_fields, n_expected: int):
     """The reasons every delimited-text format shares (an open F.when chain)."""
     chain = F.when(_blank(line), "blank_line")
     if header_text is not None:
-        chain = chain.when(line == F.lit(header_text), _HEADER)
+        chain = chain.when(line == F.lit(header_text), HEADER_MARKER)
     return (chain.when(~F.is_valid_utf8(F.col("raw")), "bad_encoding")
                  .when(n_fields < n_expected, "too_few_columns")
                  .when(n_fields > n_expected, "too_many_columns"))
@@ -173,12 +120,14 @@ def diginetica_clicks(lines: DataFrame, header: Sequence[str]) -> DataFrame:
     (``click_key``); the session date is ``eventdate`` (midnight UTC, ``time_s``)."""
     idx = {c: header.index(c) for c in ("session_id", "item_id", "timeframe", "eventdate")}
     staged = _split_once(lines, ";", {f"_{c}": i for c, i in idx.items()})
-    staged = staged.withColumn("_day", F.col("_eventdate").try_cast("date"))  # time-zone free; null for 2016-02-30
+    staged = (staged.withColumn("_session_id", F.trim("_session_id")).withColumn("_item_id", F.trim("_item_id"))
+                    .withColumn("_day", F.col("_eventdate").try_cast("date")))  # time-zone free; null for 2016-02-30
     line, sid, item = F.col("_line"), F.col("_session_id"), F.col("_item_id")
     timeframe, eventdate, day = F.col("_timeframe"), F.col("_eventdate"), F.col("_day")
     reason = (_common_reasons(line, ";".join(header), F.col("_n"), len(header))
               .when(_blank(sid), "empty_session_id")
               .when(_blank(item), "empty_item_id")
+              .when(_malformed_id(sid, item, numeric=True), "malformed_id")
               .when(~timeframe.rlike(r"^[+-]?\d{1,18}$"), "malformed_timeframe")
               .when(~eventdate.rlike(r"^\d{4}-\d{2}-\d{2}$"), "malformed_date")
               .when(day.isNull(), "invalid_date"))
@@ -206,11 +155,13 @@ def yoochoose_clicks(lines: DataFrame) -> DataFrame:
     """Parse ``session_id,timestamp,item_id,category`` lines (no header). Clicks keep file order;
     the time is ``timestamp[:19]`` read as UTC, as the official code does."""
     staged = _split_once(lines, ",", {"_sid": 0, "_ts": 1, "_item": 2})
-    staged = staged.withColumn("_t", _utc_seconds(F.col("_ts")))
+    staged = (staged.withColumn("_sid", F.trim("_sid")).withColumn("_item", F.trim("_item"))
+                    .withColumn("_t", _utc_seconds(F.col("_ts"))))
     line, sid, ts, item, t = (F.col(c) for c in ("_line", "_sid", "_ts", "_item", "_t"))
     reason = (_common_reasons(line, ",".join(YOOCHOOSE_COLUMNS), F.col("_n"), len(YOOCHOOSE_COLUMNS))
               .when(_blank(sid), "empty_session_id")
               .when(_blank(item), "empty_item_id")
+              .when(_malformed_id(sid, item, numeric=True), "malformed_id")
               .when(~ts.rlike(_ISO_Z), "malformed_date")
               .when(t.isNull(), "invalid_date"))
     return staged.select(
@@ -250,6 +201,7 @@ def _event_time_ms(ts, time_unit: str):
 def _event_fields(raw_values: dict, line, n_fields, n_expected: int | None, header_text: str | None,
                   time_unit: str, json_check=None):
     user, ts, item, etype = raw_values["user"], raw_values["time"], raw_values["item"], raw_values["type"]
+    user, item = F.trim(user), F.trim(item)
     ts_ms = _event_time_ms(F.trim(ts), time_unit)
     if n_expected is not None:
         chain = _common_reasons(line, header_text, n_fields, n_expected)
@@ -259,6 +211,7 @@ def _event_fields(raw_values: dict, line, n_fields, n_expected: int | None, head
         chain = chain.when(json_check, "malformed_json")
     reason = (chain.when(_blank(user), "empty_user_id")
                    .when(_blank(item), "empty_item_id")
+                   .when(_malformed_id(user, item, numeric=False), "malformed_id")
                    .when(_blank(ts) | ts_ms.isNull(), "malformed_date"))
     return reason, user, item, ts_ms, etype
 
@@ -319,132 +272,4 @@ def _events_select(lines, reason, user, item, ts_ms, etype) -> DataFrame:
 
 
 def _regex_quote(s: str) -> str:
-    import re
     return re.escape(s)
-
-
-# ---- headers, quarantine, positions -----------------------------------------------------------
-def resolve_headers_and_segments(parsed: DataFrame) -> tuple[DataFrame, dict, list[tuple]]:
-    """A line equal to the header is its file's header when it is the file's first line (dropped:
-    not a row), else ``repeated_header`` (quarantined).
-
-    Returns the rows, their counts by reason (``None`` = valid) and the valid rows' segments for
-    :func:`with_file_positions` (``(source, partition, first line_id, rows)``), all from one
-    aggregation pass. The segments hold only while the valid rows are exactly ``reason`` null in ``parsed``'s
-    partitions (no further filter before the positions).
-    """
-    per = (parsed.groupBy("source", "reason", F.spark_partition_id().alias("_pid"))
-           .agg(F.count(F.lit(1)).alias("n"), F.min("line_id").alias("first"))
-           .collect())
-    first_line: dict[str, int] = {}
-    for r in per:
-        first_line[r["source"]] = min(first_line.get(r["source"], r["first"]), r["first"])
-    tops = sorted(int(r["first"]) for r in per
-                  if r["reason"] == _HEADER and r["first"] == first_line[r["source"]])
-    counts: dict = {}
-    for r in per:
-        reason = "repeated_header" if r["reason"] == _HEADER else r["reason"]
-        counts[reason] = counts.get(reason, 0) + int(r["n"])
-    if tops:
-        counts["repeated_header"] -= len(tops)
-        if not counts["repeated_header"]:
-            del counts["repeated_header"]
-    segments = [(r["source"], int(r["_pid"]), int(r["first"]), int(r["n"]))
-                for r in per if r["reason"] is None]
-    is_header = F.coalesce(F.col("reason") == _HEADER, F.lit(False))
-    is_top = F.col("line_id").isin(tops) if tops else F.lit(False)
-    reason = F.when(is_header, F.lit("repeated_header")).otherwise(F.col("reason"))
-    return parsed.where(~(is_header & is_top)).withColumn("reason", reason), counts, segments
-
-
-def raw_only_when_quarantined(parsed: DataFrame) -> DataFrame:
-    """Null ``raw`` on valid rows (nothing reads it there): a much smaller cache."""
-    return parsed.withColumn("raw", F.when(F.col("reason").isNotNull(), F.col("raw")))
-
-
-def quarantine_rows(parsed: DataFrame) -> DataFrame:
-    """The quarantine table: ``source``, ``raw``, ``reason`` (exact contract columns)."""
-    return parsed.where(F.col("reason").isNotNull()).select(
-        "source", F.make_valid_utf8("raw").alias("raw"), "reason")
-
-
-def valid_rows(parsed: DataFrame) -> DataFrame:
-    return parsed.where(F.col("reason").isNull()).drop("reason", "raw")
-
-
-def with_file_positions(valid: DataFrame, segments: list[tuple] | None = None) -> DataFrame:
-    """Add ``pos``: dense 0..N-1 over the valid rows in file order ``(source, line_id)``.
-
-    A second ``monotonically_increasing_id`` after the filter is consecutive within each
-    partition; a small per-(file, partition) offset table (collected, broadcast) makes it global.
-    ``valid`` must come from a cached (or otherwise stable) DataFrame, so that recomputing the ids
-    gives the same numbers. ``segments`` (from :func:`resolve_headers_and_segments` on the frame
-    ``valid`` was filtered from, with no other filter) saves the pass that counts them.
-    """
-    spark = valid.sparkSession
-    v = (valid.withColumn("_vid", F.monotonically_increasing_id())
-              .withColumn("_pid", F.shiftright("_vid", _PID_SHIFT)))
-    if segments is None:
-        segs = [(s["source"], int(s["_pid"]), int(s["first"]), int(s["n"])) for s in
-                v.groupBy("source", "_pid")
-                 .agg(F.min("_vid").alias("first"), F.count(F.lit(1)).alias("n"))
-                 .collect()]
-    else:
-        # a partition's rows come file after file: its valid ids start at pid << 33 and run on
-        segs, next_vid = [], {}
-        for source, pid, first_line, n in sorted(segments, key=lambda s: (s[1], s[2])):
-            start = next_vid.get(pid, pid << _PID_SHIFT)
-            segs.append((source, pid, start, n))
-            next_vid[pid] = start + n
-    rows, offset = [], 0
-    for source, pid, first, n in sorted(segs, key=lambda s: (s[0], s[2])):
-        rows.append((source, pid, offset - first))
-        offset += n
-    if not rows:
-        return valid.withColumn("pos", F.lit(None).cast("long"))
-    bases = spark.createDataFrame(rows, "source string, _pid long, _base long")
-    return (v.join(F.broadcast(bases), ["source", "_pid"])
-             .withColumn("pos", F.col("_vid") + F.col("_base"))
-             .drop("_vid", "_pid", "_base"))
-
-
-def sessionize_events(events: DataFrame, gap_minutes: float) -> DataFrame:
-    """Cut each user's clicks (by time, then file order) into sessions at gaps > ``gap_minutes``.
-
-    ``session_id`` = ``<user_id>#<n>`` (n = 1, 2, ... per user); ``click_key`` = time in ms;
-    ``time_s`` = time in seconds.
-    """
-    gap_ms = int(round(gap_minutes * 60_000))
-    by_user = Window.partitionBy("user_id").orderBy("ts_ms", "pos")
-    prev = F.lag("ts_ms").over(by_user)
-    starts = events.withColumn("_new", F.when(prev.isNull() | (F.col("ts_ms") - prev > gap_ms), 1).otherwise(0))
-    numbered = starts.withColumn(
-        "_n", F.sum("_new").over(by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
-    return numbered.select(
-        F.concat_ws("#", "user_id", F.col("_n").cast("string")).alias("session_id"),
-        "item_id",
-        F.col("ts_ms").alias("click_key"),
-        F.floor(F.col("ts_ms") / 1000).cast("long").alias("time_s"),
-        "pos",
-    )
-
-
-def describe_expected(fmt: str, cols: EventColumns | None = None, delimiter: str = ",",
-                      input_format: str = "csv") -> str:
-    if fmt == "diginetica":
-        return "a ';'-separated file with header " + ";".join(DIGINETICA_COLUMNS)
-    if fmt == "yoochoose":
-        return "comma-separated rows " + ",".join(YOOCHOOSE_COLUMNS) + " (no header)"
-    cols = cols or EventColumns()
-    names = cols.required() + ([f"optional {cols.type}"] if cols.type else [])
-    if input_format == "csv":
-        return f"a {delimiter!r}-separated events file with a header naming columns " + ", ".join(names)
-    return f"{input_format} events with columns " + ", ".join(names)
-
-
-def json_keys(line: str) -> list[str] | None:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    return list(obj) if isinstance(obj, dict) else None
