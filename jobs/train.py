@@ -11,10 +11,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srgnn.core.cli import run_job  # noqa: E402
+from srgnn.core.proc import die_with_parent, launched_by_torchrun  # noqa: E402
 from pipelines.train.job import TrainJobConfig, train_job  # noqa: E402
 
 
 def main() -> None:
+    if launched_by_torchrun():
+        die_with_parent()  # a kill of the launcher's process group stops every rank (docs/reliability.md)
     cfg = TrainJobConfig.from_args(sys.argv[1:], prog="train.py")
     train_job(cfg)
 

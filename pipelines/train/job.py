@@ -24,8 +24,10 @@ from typing import Any
 import torch
 
 from srgnn import reader
+from srgnn.core.commit import RunLock
 from srgnn.core.contracts import ITEM_VOCAB, SPLITS
 from srgnn.core.errors import InputError, PipelineError
+from srgnn.core.fs import makedirs
 from srgnn.core.log import get_logger
 from srgnn.ddp import DistContext, barrier, broadcast_object, setup_distributed, teardown_distributed
 from srgnn.device import seed_everything, set_determinism
@@ -125,6 +127,16 @@ def train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     """
     cfg.validate_required()
     manifest = check_inputs(cfg)  # before the process group: a bad input fails every rank at once
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    lock = None
+    if main_rank:  # one trainer per (OUT, run date), and its outputs' folders usable, before any training
+        lock = RunLock(cfg.layout, "train", cfg.run_date).acquire()
+        for folder in (cfg.layout.models_root(), cfg.checkpoint_dir):
+            try:
+                makedirs(folder)
+            except BaseException:
+                lock.release()
+                raise
     ctx = setup_distributed(cfg.device)
     tracker = None
     # process-wide torch settings this job changes, restored at the end (notebooks, test sessions)
@@ -140,6 +152,8 @@ def train_job(cfg: TrainJobConfig) -> dict[str, Any]:
         raise
     finally:
         teardown_distributed(ctx)
+        if lock is not None:
+            lock.release()
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
