@@ -66,3 +66,21 @@ def test_a_file_where_a_folder_belongs_is_one_clear_error(tmp_path):
     (tmp_path / "models").write_text("not a folder")
     with pytest.raises(InputError, match="is a file where a folder belongs"):
         fs.makedirs(str(tmp_path / "models"))
+
+
+def test_run_commit_and_lease_lock_on_s3(s3_root):
+    from srgnn.core.commit import LockHeld, RunCommit, RunLock
+    from srgnn.core.layout import Layout
+
+    layout = Layout(s3_root)
+    for text in ("old", "new"):
+        with RunCommit(layout, "stage", "2016-06-01") as commit:
+            commit.add(layout.partition("a", "2016-06-01"),
+                       lambda p, text=text: fs.write_bytes_atomic(f"{p}/part-0.txt", text.encode()))
+            commit.add_json(layout.stats("2016-06-01", "stage.json"), {"text": text})
+            with pytest.raises(LockHeld, match="already running"):
+                RunLock(layout, "stage", "2016-06-01").acquire()
+    assert fs.read_bytes(f"{layout.partition('a', '2016-06-01')}/part-0.txt") == b"new"
+    assert fs.read_json(layout.stats("2016-06-01", "stage.json")) == {"text": "new"}
+    assert [n for n in fs.listdir(layout.table("a")) if n.startswith("_")] == []
+    RunLock(layout, "stage", "2016-06-01").acquire().release()  # released with the commit

@@ -14,6 +14,8 @@ from pipelines.graph.transforms import (item_graph, recent_fraction_sessions, se
                                         sessions_with_ngc_weights, sessions_with_role)
 from pipelines.tables import TableStore
 from srgnn.core import contracts as C
+from srgnn.core.commit import RunCommit
+from srgnn.core.layout import Layout
 from srgnn.core.errors import InputError
 from srgnn.core.fs import exists, read_json
 from srgnn.core.log import get_logger
@@ -83,6 +85,12 @@ def _check_stage1_counts(counts: dict, fraction_counts: dict, stats_path: str) -
 def build_graph(spark: SparkSession, cfg: GraphConfig) -> dict[str, Any]:
     """Run stage 2 for ``cfg.run_date``; return the manifest (also written next to the shards)."""
     cfg.validate_required()
+    # one writer per (OUT, run date); item_graph and the shards are published together
+    with RunCommit(Layout(cfg.output), "build_graph", cfg.run_date) as commit:
+        return _build_graph(spark, cfg, commit)
+
+
+def _build_graph(spark: SparkSession, cfg: GraphConfig, commit: RunCommit) -> dict[str, Any]:
     store = TableStore(cfg.output, cfg.table_format)
     where = f"table 'sessions' for run date {cfg.run_date} under {store.root}"
     sessions, n_items, fraction = _read_inputs(spark, cfg, store)
@@ -98,7 +106,7 @@ def build_graph(spark: SparkSession, cfg: GraphConfig) -> dict[str, Any]:
         counts, layout = split_layout(spark, weighted, cfg, where)
         _check_stage1_counts(counts, fraction_counts, _stats_path(store, cfg.run_date))
         log.info("examples per split: %s", {s: counts[s]["examples"] for s in C.SPLITS})
-        store.write(graph, C.ITEM_GRAPH, cfg.run_date)
+        store.write(graph, C.ITEM_GRAPH, cfg.run_date, commit)
         fields = {
             "schema_version": C.SCHEMA_VERSION, "run_date": cfg.run_date, "n_items": n_items,
             "max_len": cfg.max_len, "pad_side": "right", "world_size": cfg.world_size,
@@ -106,7 +114,7 @@ def build_graph(spark: SparkSession, cfg: GraphConfig) -> dict[str, Any]:
             "self_loops": cfg.self_loops, **fraction_counts,
         }
         return write_shard_folder(spark, store.layout.shards(cfg.run_date), weighted, layout, counts, cfg,
-                                  fields)
+                                  fields, commit)
     finally:
         weighted.unpersist()
         graph.unpersist()

@@ -9,7 +9,8 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.graph.config import GraphConfig
 from pipelines.graph.transforms import bucket_totals, session_offsets, session_row_groups, shard_rows
-from pipelines.tables import atomic_write_dir, hadoop_fs
+from pipelines.tables import hadoop_fs
+from srgnn.core.commit import RunCommit
 from srgnn.core import contracts as C
 from srgnn.core.errors import InputError
 from srgnn.core.fs import local_path, write_json_atomic
@@ -112,9 +113,10 @@ def write_shards(spark: SparkSession, weighted: DataFrame, layout: DataFrame, co
 
 
 def write_shard_folder(spark: SparkSession, final: str, weighted: DataFrame, layout: DataFrame, counts: dict,
-                       cfg: GraphConfig, fields: dict[str, Any]) -> dict[str, Any]:
+                       cfg: GraphConfig, fields: dict[str, Any], commit: RunCommit) -> dict[str, Any]:
     """Write the splits and ``_manifest.json`` (``fields`` + ``splits`` + ``content_hash``) into a
-    staging folder and swap it in at ``final`` (the shards of one run date); return the manifest."""
+    staging folder that ``commit`` publishes at ``final`` (the shards of one run date); return the
+    manifest."""
     from srgnn.reader import content_hash
 
     manifest: dict[str, Any] = {}
@@ -124,6 +126,6 @@ def write_shard_folder(spark: SparkSession, final: str, weighted: DataFrame, lay
         manifest.update({**fields, "splits": splits, "content_hash": content_hash(local_path(staging))})
         write_json_atomic(f"{staging}/{C.MANIFEST_NAME}", manifest)
 
-    atomic_write_dir(spark, final, write)
+    commit.add(final, write)
     log.info("wrote shards for run_date=%s at %s (%s)", cfg.run_date, final, manifest["content_hash"])
     return manifest

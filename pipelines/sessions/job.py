@@ -23,7 +23,7 @@ from pipelines.tables import TableStore
 from srgnn.core import contracts as C
 from srgnn.core.dates import DAY_S, parse_run_date
 from srgnn.core.errors import InputError
-from srgnn.core.fs import write_json_atomic
+from srgnn.core.commit import RunCommit
 from srgnn.core.layout import Layout
 from srgnn.core.log import get_logger
 
@@ -84,11 +84,12 @@ def build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
     """Run stage 1 for ``cfg``; write the tables and the stats JSON; return the stats."""
     cfg.validate_required()
     cfg.validate()
-    with _session_conf(spark, STAGE_CONF):
-        return _build_sessions(spark, cfg)
+    # one writer per (OUT, run date); every output is published at once when the block ends
+    with _session_conf(spark, STAGE_CONF), RunCommit(Layout(cfg.output), "build_sessions", cfg.run_date) as commit:
+        return _build_sessions(spark, cfg, commit)
 
 
-def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
+def _build_sessions(spark: SparkSession, cfg: SessionsConfig, commit: RunCommit) -> dict:
     t_start = time.perf_counter()
     store = TableStore(cfg.output, cfg.table_format)
     min_len = cfg.min_session_length
@@ -159,7 +160,8 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
             if not cfg.allow_empty:
                 raise InputError(f"{counts}; nothing written (the tables of {cfg.run_date} are left as they "
                                  f"were; --allow-empty replaces them with empty ones)")
-            _write_empty(spark, store, cfg, quarantine)
+            _write_empty(spark, store, cfg, quarantine, commit)
+            commit.publish()
             raise InputError(f"{counts}; wrote empty tables for {cfg.run_date} (--allow-empty), "
                              f"see the quarantine table")
 
@@ -188,9 +190,9 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
         ordered = with_dense_order(kept, ["time_s", "close_pos"], "session_order", cache=keep)
         release(final)   # the sorted copy is built
         lap("official_order")
-        store.write(quarantine, C.QUARANTINE, cfg.run_date)
-        store.write(sessions_table(ordered), C.SESSIONS, cfg.run_date)
-        store.write(vocab.orderBy("item_idx"), C.ITEM_VOCAB, cfg.run_date)
+        store.write(quarantine, C.QUARANTINE, cfg.run_date, commit)
+        store.write(sessions_table(ordered), C.SESSIONS, cfg.run_date, commit)
+        store.write(vocab.orderBy("item_idx"), C.ITEM_VOCAB, cfg.run_date, commit)
 
         lap("write_tables")
         tr, te = by_split.get("train", {}), by_split.get("test", {})
@@ -256,7 +258,8 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
             "step_seconds": timings,
             "step_driver_jvm_cpu_seconds": cpu,   # local mode: the executors' work too
         }
-        path = write_json_atomic(Layout(cfg.output).stats(cfg.run_date, C.STATS_SESSIONS), stats)
+        path = Layout(cfg.output).stats(cfg.run_date, C.STATS_SESSIONS)
+        commit.add_json(path, stats)
         log.info("stage 1: %d train / %d test sessions, %d items, %d train / %d test pairs, "
                  "avg length %.3f; stats at %s", n_train, n_test, n_items, stats["train_pairs"],
                  stats["test_pairs"], stats["avg_length"] or math.nan, path)
@@ -266,11 +269,12 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig) -> dict:
             df.unpersist()
 
 
-def _write_empty(spark: SparkSession, store: TableStore, cfg: SessionsConfig, quarantine: DataFrame) -> None:
+def _write_empty(spark: SparkSession, store: TableStore, cfg: SessionsConfig, quarantine: DataFrame,
+                 commit: RunCommit) -> None:
     """No sessions survived: still replace this run date's tables (quarantine has the rows)."""
-    store.write(quarantine, C.QUARANTINE, cfg.run_date)
+    store.write(quarantine, C.QUARANTINE, cfg.run_date, commit)
     store.write(spark.createDataFrame([], "session_id string, session_date date, split string, "
                                           "item_ids array<string>, item_idx array<int>, session_order long"),
-                C.SESSIONS, cfg.run_date)
+                C.SESSIONS, cfg.run_date, commit)
     store.write(spark.createDataFrame([], "item_id string, item_idx int, support long"),
-                C.ITEM_VOCAB, cfg.run_date)
+                C.ITEM_VOCAB, cfg.run_date, commit)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any, Callable
 
 from srgnn.core import faults
 from srgnn.core.errors import PipelineError
+from srgnn.core import fs
 from srgnn.core.fs import is_local, local_path, token, write_bytes_atomic
 from srgnn.core.layout import Layout
 from srgnn.core.log import get_logger
@@ -95,8 +95,6 @@ class RunLock:
     LEASE_S = 6 * 3600
 
     def _acquire_lease(self) -> "RunLock":
-        from srgnn.core import fs
-
         now = time.time()
         if fs.exists(self.path):
             try:
@@ -116,8 +114,6 @@ class RunLock:
 
     def release(self) -> None:
         if getattr(self, "_lease", None):
-            from srgnn.core import fs
-
             try:
                 if json.loads(fs.read_bytes(self.path)).get("token") == self._lease:
                     fs.remove_tree(self.path)
@@ -144,31 +140,25 @@ class _Move:
 
     @property
     def trash(self) -> str:
-        parent, name = os.path.split(self.staging)
-        return os.path.join(parent, "_trash-" + name[len("_staging-"):])
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.unlink(path)
+        parent, name = self.staging.rsplit("/", 1)
+        return f"{parent}/_trash-{name[len('_staging-'):]}"
 
 
 def _apply(move: _Move) -> None:
     """Put ``move.staging`` in place of ``move.final``; safe to repeat after a kill at any point."""
-    staging, final, trash = (local_path(p) for p in (move.staging, move.final, move.trash))
-    if os.path.lexists(staging):
-        if os.path.isdir(staging):
-            if os.path.lexists(final):
-                if os.path.lexists(trash):
-                    _remove(final)
+    if fs.exists(move.staging):
+        if fs.isdir(move.staging):
+            if fs.exists(move.final):
+                if fs.exists(move.trash):
+                    fs.remove_tree(move.final)
                 else:
-                    os.rename(final, trash)
-            os.rename(staging, final)
+                    fs.rename(move.final, move.trash)
+            fs.rename(move.staging, move.final)
+        elif is_local(move.final):
+            os.replace(local_path(move.staging), local_path(move.final))
         else:
-            os.replace(staging, final)
-    _remove(trash)
+            fs.rename(move.staging, move.final)
+    fs.remove_tree(move.trash)
 
 
 @dataclass
@@ -193,8 +183,7 @@ class RunCommit:
     def add(self, final: str, write: Callable[[str], None]) -> str:
         """``write(staging)`` now; ``final`` becomes that staging folder when the commit publishes."""
         staging = self.staging_for(final)
-        if is_local(staging):
-            os.makedirs(os.path.dirname(local_path(staging)), exist_ok=True)
+        fs.makedirs(staging.rsplit("/", 1)[0])
         write(staging)
         return staging
 
@@ -220,7 +209,7 @@ class RunCommit:
         for i, move in enumerate(self.moves):
             faults.point(f"{self.stage}:publish:{i}")
             _apply(move)
-        os.unlink(local_path(self.journal_path()))
+        fs.remove_tree(self.journal_path())
         faults.point(f"{self.stage}:after_publish")
         for action in self._after:
             action()
@@ -229,22 +218,21 @@ class RunCommit:
 
     def discard(self) -> None:
         for move in self.moves:
-            _remove(local_path(move.staging))
+            fs.remove_tree(move.staging)
         self.moves = []
 
     # ---- recovery ----------------------------------------------------------------------------
     def recover(self) -> int:
         """Complete an interrupted publish of this (stage, run date), then sweep its staging and
         trash leftovers; returns the number of moves rolled forward."""
-        path = local_path(self.journal_path())
+        path = self.journal_path()
         rolled = 0
-        if os.path.exists(path):
-            with open(path) as fh:
-                journal = json.load(fh)
+        if fs.exists(path):
+            journal = fs.read_json(path)
             for m in journal["moves"]:
                 _apply(_Move(m["staging"], m["final"]))
                 rolled += 1
-            os.unlink(path)
+            fs.remove_tree(path)
             log.warning("%s run_date=%s: completed an interrupted publish (%d outputs)",
                         self.stage, self.run_date, rolled)
         swept = sweep(self.layout, self.stage, self.run_date)
@@ -254,9 +242,6 @@ class RunCommit:
         return rolled
 
     def __enter__(self) -> "RunCommit":
-        if not is_local(self.layout.root):
-            raise PipelineError(f"run-level commits on {self.layout.root}: object-store roots are "
-                                f"not supported yet")
         self._lock = RunLock(self.layout, self.stage, self.run_date).acquire()
         try:
             self.recover()
@@ -279,21 +264,15 @@ class RunCommit:
 def sweep(layout: Layout, stage: str, run_date: str) -> int:
     """Remove ``_staging-<stage>-<run_date>-*`` / ``_trash-...`` under OUT (tables, and the run
     date's partition folders, where side files live)."""
-    root = local_path(layout.root)
     prefixes = (f"_staging-{stage}-{run_date}-", f"_trash-{stage}-{run_date}-")
     removed = 0
-    if not os.path.isdir(root):
-        return 0
     part = f"run_date={run_date}"
-    for table in os.listdir(root):
-        tdir = os.path.join(root, table)
-        if not os.path.isdir(tdir) or table.startswith(("_", ".")):
+    for table in fs.listdir(layout.root):
+        if table.startswith(("_", ".")):
             continue
-        for folder in (tdir, os.path.join(tdir, part)):
-            if not os.path.isdir(folder):
-                continue
-            for name in os.listdir(folder):
+        for folder in (layout.table(table), f"{layout.table(table)}/{part}"):
+            for name in fs.listdir(folder) if fs.isdir(folder) else []:
                 if name.startswith(prefixes):
-                    _remove(os.path.join(folder, name))
+                    fs.remove_tree(f"{folder}/{name}")
                     removed += 1
     return removed

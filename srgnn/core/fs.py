@@ -230,6 +230,22 @@ def remove_tree(path: str) -> None:
         fs.rm(rel, recursive=True)
 
 
+def rename(src: str, dst: str) -> None:
+    """Rename a file or folder: atomic on local disks; a copy then a delete on object stores."""
+    if is_local(src) and is_local(dst):
+        os.rename(local_path(src), local_path(dst))
+        return
+    fs, rel_src = _fsspec(src)
+    _, rel_dst = _fsspec(dst)
+    rel_src, rel_dst = rel_src.rstrip("/"), rel_dst.rstrip("/")
+    if not fs.isdir(rel_src):
+        fs.copy(rel_src, rel_dst)
+    else:
+        for path in fs.find(rel_src):
+            fs.copy(path, rel_dst + path[len(rel_src):])
+    fs.rm(rel_src, recursive=True)
+
+
 def _local_files(folder: str) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), folder)
                   for d, _, files in os.walk(folder) for f in files)
