@@ -8,11 +8,12 @@ Options (see --help or pipelines.sessions.SessionsConfig): --min-item-support (5
 --min-session-length (2), --split-days (7 diginetica / 1 yoochoose, events), --inclusive-split,
 --fraction (1/64, 1/4: recorded for stage 2), events: --gap-minutes (30), --event-types,
 --user-col/--time-col/--item-col/--type-col, --input-format {csv,json,parquet}, --delimiter,
---time-unit; --table-format {parquet,delta}; --config FILE reads a YAML file (section
-``build_sessions``), command-line flags win.
+--time-unit; --table-format {parquet,delta}; --allow-empty; --config FILE reads a YAML file
+(section ``build_sessions``), command-line flags win.
 
 Writes OUT/{sessions,item_vocab,quarantine}/run_date=D and OUT/stats/run_date=D/build_sessions.json,
-and prints the stats. A bad path or columns: one line ``error: ...`` and exit status 2.
+and prints the stats. A bad path or columns, or an input that leaves no session: one line
+``error: ...`` and exit status 2.
 """
 import json
 import sys

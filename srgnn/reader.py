@@ -89,16 +89,73 @@ def shard_files(shards_path: str) -> list[str]:
     return sorted(files)
 
 
+def _le_bytes(values: np.ndarray) -> memoryview:
+    """The array's values as little-endian bytes (no copy when they already are)."""
+    return memoryview(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))).cast("B")
+
+
+def _hash_array(digest, arr) -> None:
+    """Feed one decoded column (or a list column's values) to ``digest``: its type, its nulls, then
+    its values (list lengths and the flattened values, string lengths and bytes, fixed-width
+    values as little-endian bytes). Independent of how the file encoded or compressed them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    digest.update(f"{arr.type}|{len(arr)}|{arr.null_count}\0".encode())
+    if arr.null_count:
+        digest.update(np.packbits(arr.is_null().to_numpy(zero_copy_only=False)).tobytes())
+    t = arr.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+        digest.update(_le_bytes(lengths.astype(np.int64, copy=False)))
+        _hash_array(digest, pc.list_flatten(arr))
+    elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        values = arr.cast(pa.large_binary())
+        if values.null_count:
+            values = values.fill_null(b"")
+        _, offsets, data = values.buffers()
+        offs = np.frombuffer(offsets, dtype="<i8", count=len(values) + 1, offset=values.offset * 8)
+        digest.update(_le_bytes(np.diff(offs)))
+        if data is not None and len(values):
+            digest.update(memoryview(data)[int(offs[0]):int(offs[-1])])
+    elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        if arr.null_count:
+            arr = arr.fill_null(False if pa.types.is_boolean(t) else 0)
+        digest.update(_le_bytes(arr.to_numpy(zero_copy_only=False)))
+    else:  # not in shards; still decoded values, not bytes
+        digest.update(repr(arr.to_pylist()).encode())
+
+
 def content_hash(shards_path: str) -> str:
-    """sha256 over the shard files sorted by relative path: for each file, its relative path, a NUL
-    byte, then its bytes. Stage 2 records it in the manifest; readers recompute it to check."""
+    """sha256 over the rows of the shard files, independent of how Parquet encoded them: files
+    sorted by relative path; for each, its relative path and a NUL byte, then per row group its row
+    count and per column its name and decoded values (:func:`_hash_array`). A rerun that writes the
+    same rows in the same files and row groups gives the same hash (Spark's writer may order column
+    encodings differently from run to run, so the file bytes may differ). A file that cannot be
+    read as Parquet contributes its bytes (so it still fails verification). Stage 2 records the
+    hash in the manifest; readers recompute it to check."""
+    import pyarrow.parquet as pq
+
     folder = _as_local_dir(shards_path)
     digest = hashlib.sha256()
     for rel in shard_files(folder):
         digest.update(rel.encode() + b"\0")
-        with open(os.path.join(folder, rel), "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
+        path = os.path.join(folder, rel)
+        try:
+            pf = pq.ParquetFile(path)
+            for i in range(pf.num_row_groups):
+                table = pf.read_row_group(i)
+                digest.update(f"row_group|{table.num_rows}\0".encode())
+                for name, column in zip(table.column_names, table.columns):
+                    digest.update(f"column|{name}\0".encode())
+                    _hash_array(digest, column)
+        except (OSError, ValueError) as exc:   # pyarrow.ArrowInvalid is a ValueError
+            digest.update(f"unreadable|{type(exc).__name__}\0".encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
     return "sha256:" + digest.hexdigest()
 
 

@@ -100,3 +100,52 @@ def test_urls_and_manifest_checks(shards, tmp_path):
         next(iter_batches(shards["dir"], "train", 10, cur_shard=0, shard_count=99))
     with pytest.raises(InputError, match="unknown split"):
         split_url(shards["out"], shards["run_date"], "dev")
+
+
+def test_content_hash_identifies_the_rows_not_the_file_bytes(tmp_path):
+    """Parquet writers may encode the same rows differently from run to run (Spark orders column
+    encodings differently): the manifest's hash follows the rows, row groups and files."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from srgnn.reader import content_hash
+
+    def table(targets, w=0.5):
+        n = len(targets)
+        return pa.table({"items": pa.array([[i + 1, 0] for i in range(n)], pa.list_(pa.int32())),
+                         "length": pa.array([1] * n, pa.int32()), "target": pa.array(targets, pa.int32()),
+                         "ngc_w": pa.array([[0.0, w]] * n, pa.list_(pa.float32())),
+                         "session_id": pa.array([f"s{i}" for i in range(n)])})
+
+    folder = tmp_path / "shards"
+    train, valid = folder / "train" / "part-00000.parquet", folder / "valid" / "part-00000.parquet"
+    train.parent.mkdir(parents=True)
+    valid.parent.mkdir()
+
+    def write(t_train, t_valid, **kw):
+        pq.write_table(t_train, train, row_group_size=3, **kw)
+        pq.write_table(t_valid, valid, **kw)
+
+    write(table([5, 6, 7, 8, 9]), table([4]), compression="snappy")
+    manifest = {"schema_version": 1, "content_hash": content_hash(str(folder))}
+    (folder / "_manifest.json").write_text(json.dumps(manifest))
+    before = train.read_bytes()
+
+    write(table([5, 6, 7, 8, 9]), table([4]), compression="gzip", use_dictionary=False,
+          data_page_version="2.0")                            # same rows, other encodings
+    assert train.read_bytes() != before
+    verify_manifest(str(folder))
+
+    for t_train, t_valid, kw in ((table([5, 6, 7, 8, 10]), table([4]), {}),       # one value
+                                 (table([5, 6, 7, 8, 9], w=0.25), table([4]), {}),
+                                 (table([5, 6, 7, 9, 8]), table([4]), {}),        # two rows swapped
+                                 (table([5, 6, 7, 8]), table([9, 4]), {})):      # a row moved to another split
+        write(t_train, t_valid, compression="snappy", **kw)
+        with pytest.raises(InputError, match="do not match their manifest"):
+            verify_manifest(str(folder))
+    pq.write_table(table([5, 6, 7, 8, 9]), train, row_group_size=2)           # other row groups
+    pq.write_table(table([4]), valid)
+    with pytest.raises(InputError, match="do not match their manifest"):
+        verify_manifest(str(folder))
