@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from srgnn.core.errors import ConfigError
 
@@ -11,7 +12,7 @@ DAY_S = 86_400
 def parse_run_date(text: str | None, option: str = "--run-date") -> dt.date:
     """The date named by ``text`` (``YYYY-MM-DD``), or ConfigError naming the option."""
     try:
-        if text is None or len(str(text)) != 10:
+        if text is None or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(text)):
             raise ValueError(text)
         return dt.date.fromisoformat(str(text))
     except ValueError:
