@@ -30,7 +30,9 @@ from srgnn.core.errors import ConfigError
 from srgnn.core.log import get_logger
 from pipelines.tables import TableStore
 from srgnn.core.contracts import TABLE_FORMATS as FORMATS
-from srgnn.core.fs import local_path, read_json
+from srgnn.core import contracts as C
+from srgnn.core.dates import check_run_date
+from srgnn.core.fs import exists, read_json
 
 log = get_logger(__name__)
 
@@ -47,7 +49,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "recommend": ("pipelines.recommend", "RecommendConfig", "recommend"),
 }
 SPARK_STAGES = {"build_sessions", "build_graph", "evaluate", "recommend"}
-TABLES = ["sessions", "item_vocab", "quarantine", "item_graph", "evaluation", "recommendations"]
+TABLES = list(C.TABLES)
 
 
 @dataclasses.dataclass
@@ -73,8 +75,8 @@ class NightlyConfig(StageConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.run_date and not _is_date(self.run_date):
-            raise ConfigError(f"option --run-date: {self.run_date!r} is not a date YYYY-MM-DD")
+        if self.run_date:
+            check_run_date(self.run_date)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "NightlyConfig":
@@ -96,14 +98,6 @@ class NightlyConfig(StageConfig):
             argv = ["--config", path, *argv]
         cfg = super().from_args(argv, prog=prog, description=description)
         return cfg.replace(stage_config=known.stage_config or path)
-
-
-def _is_date(s: str) -> bool:
-    try:
-        time.strptime(s, "%Y-%m-%d")
-        return True
-    except ValueError:
-        return False
 
 
 # ---- stage configs from the shared YAML ---------------------------------------------------------
@@ -193,11 +187,12 @@ def summarize(spark, cfg: NightlyConfig, configs: dict[str, StageConfig]) -> dic
             where = store.partition_path(name, cfg.run_date) if cfg.table_format == "parquet" \
                 else f"{store.path(name)} (run_date = {cfg.run_date})"
             tables[name] = {"path": where, "rows": store.read(spark, name, cfg.run_date).count()}
-    shards = f"{store.root}/shards/run_date={cfg.run_date}"
-    model_dir = f"{store.root}/models/run_date={cfg.run_date}"
-    model_cfg = read_json(f"{model_dir}/config.json")
-    stats_json = f"{store.root}/stats/run_date={cfg.run_date}/build_sessions.json"
-    report = f"{store.root}/reports/run_date={cfg.run_date}/evaluation.md"
+    layout = store.layout
+    shards = layout.shards(cfg.run_date)
+    model_dir = layout.model(cfg.run_date)
+    model_cfg = read_json(f"{model_dir}/{C.CONFIG_FILE}")
+    stats_json = layout.stats(cfg.run_date, C.STATS_SESSIONS)
+    report = layout.report(cfg.run_date, C.REPORT_EVALUATION)
 
     recs = store.read(spark, "recommendations", cfg.run_date)
     ids = [r.session_id for r in (recs.select("session_id").distinct()
@@ -224,8 +219,8 @@ def summarize(spark, cfg: NightlyConfig, configs: dict[str, StageConfig]) -> dic
         "run_date": cfg.run_date, "output": store.root, "table_format": cfg.table_format,
         "tables": tables, "shards": shards, "model_dir": model_dir,
         "model_version": model_cfg.get("model_version"),
-        "stats": stats_json if Path(local_path(stats_json)).is_file() else None,
-        "report": report if Path(local_path(report)).is_file() else None,
+        "stats": stats_json if exists(stats_json) else None,
+        "report": report if exists(report) else None,
         "metrics": model_cfg.get("metrics", {}), "evaluation": evaluation, "examples": examples,
     }
 

@@ -266,11 +266,10 @@ def sweep(layout: Layout, stage: str, run_date: str) -> int:
     date's partition folders, where side files live)."""
     prefixes = (f"_staging-{stage}-{run_date}-", f"_trash-{stage}-{run_date}-")
     removed = 0
-    part = f"run_date={run_date}"
     for table in fs.listdir(layout.root):
         if table.startswith(("_", ".")):
             continue
-        for folder in (layout.table(table), f"{layout.table(table)}/{part}"):
+        for folder in (layout.table(table), layout.partition(table, run_date)):
             for name in fs.listdir(folder) if fs.isdir(folder) else []:
                 if name.startswith(prefixes):
                     fs.remove_tree(f"{folder}/{name}")
