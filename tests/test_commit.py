@@ -142,3 +142,17 @@ def test_sweep_removes_only_this_stage_and_dates_leftovers(tmp_path):
         p.write_text("x")
     assert sweep(Layout(str(tmp_path)), "stage", D) == 2
     assert [p.exists() for p in mine + others] == [False, False, True, True]
+
+
+def test_a_downstream_stage_completes_an_interrupted_upstream_publish_first(tmp_path):
+    from srgnn.core.commit import complete_pending
+
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN.format(root=str(ROOT), d=D))
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(script), str(out), "old"], check=True)
+    proc = subprocess.run([sys.executable, str(script), str(out), "new"], env={**os.environ, "SRGNN_KILL_AT": "stage:publish:1"})
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "b" / f"run_date={D}" / "part-0.txt").read_text() == "old"  # half published
+    complete_pending(Layout(str(out)), ["stage"], D)
+    assert [(out / p / f"run_date={D}" / "part-0.txt").read_text() for p in ("a", "b")] == ["new", "new"]

@@ -14,7 +14,7 @@ from pipelines.graph.transforms import (item_graph, recent_fraction_sessions, se
                                         sessions_with_ngc_weights, sessions_with_role)
 from pipelines.tables import TableStore
 from srgnn.core import contracts as C
-from srgnn.core.commit import RunCommit
+from srgnn.core.commit import RunCommit, complete_pending
 from srgnn.core.layout import Layout
 from srgnn.core.errors import InputError
 from srgnn.core.fs import exists, read_json
@@ -86,6 +86,7 @@ def build_graph(spark: SparkSession, cfg: GraphConfig) -> dict[str, Any]:
     """Run stage 2 for ``cfg.run_date``; return the manifest (also written next to the shards)."""
     cfg.validate_required()
     # one writer per (OUT, run date); item_graph and the shards are published together
+    complete_pending(Layout(cfg.output), ["build_sessions"], cfg.run_date)
     with RunCommit(Layout(cfg.output), "build_graph", cfg.run_date) as commit:
         return _build_graph(spark, cfg, commit)
 

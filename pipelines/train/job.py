@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from srgnn import reader
-from srgnn.core.commit import RunLock
+from srgnn.core.commit import RunLock, complete_pending
 from srgnn.core.contracts import ITEM_VOCAB, SPLITS
 from srgnn.core.errors import InputError, PipelineError
 from srgnn.core.fs import makedirs
@@ -126,6 +126,8 @@ def train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     same figures).
     """
     cfg.validate_required()
+    if int(os.environ.get("RANK", "0")) == 0:
+        complete_pending(cfg.layout, ["build_graph"], cfg.run_date)
     manifest = check_inputs(cfg)  # before the process group: a bad input fails every rank at once
     main_rank = int(os.environ.get("RANK", "0")) == 0
     lock = None

@@ -275,3 +275,14 @@ def sweep(layout: Layout, stage: str, run_date: str) -> int:
                     fs.remove_tree(f"{folder}/{name}")
                     removed += 1
     return removed
+
+
+def complete_pending(layout: Layout, stages: tuple[str, ...] | list[str], run_date: str) -> None:
+    """Before a stage reads what ``stages`` wrote for ``run_date``: complete their interrupted
+    publishes (under their locks), so a reader never starts from half of a run. A stage that is
+    running right now is an error naming it (wait for it, then retry)."""
+    for stage in stages:
+        if not fs.exists(layout.commit_journal(stage, run_date)):
+            continue
+        with RunLock(layout, stage, run_date):
+            RunCommit(layout, stage, run_date).recover()
