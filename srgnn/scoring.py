@@ -19,6 +19,7 @@ import torch
 
 from srgnn.core.contracts import CONFIG_FILE, WEIGHTS_FILE
 from srgnn.core.errors import ConfigError
+from srgnn.integrity import check_finite_scores
 from srgnn.metrics import ranked_top_k
 
 # One model per Python worker: key (model dir, files' mtime+size, device) -> (model, config).
@@ -58,7 +59,7 @@ def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[to
     """Load ``model_dir`` once per process (and again only if its files change). Also keeps freed
     CPU memory in the process (srgnn.memory): the [batch, n_items] scores are then not re-faulted
     for every batch."""
-    from srgnn.export import load_model
+    from srgnn.integrity import load_checked_model
     from srgnn.memory import keep_freed_memory
 
     keep_freed_memory()
@@ -69,7 +70,7 @@ def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[to
         hit = _MODEL_CACHE.get(key)
         if hit is None:
             _MODEL_CACHE.clear()  # a worker scores with one model at a time
-            model, config = load_model(model_dir, device)
+            model, config = load_checked_model(model_dir, device)
             model.eval()
             hit = _MODEL_CACHE[key] = (model, config)
         return hit
@@ -84,10 +85,12 @@ def mask_seen(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def score_top_k(model: torch.nn.Module, items: torch.Tensor, lengths: torch.Tensor, k: int,
-                ngc_w: torch.Tensor | None = None, exclude_seen: bool = False
+                ngc_w: torch.Tensor | None = None, exclude_seen: bool = False, name: str = "the model"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch: item indices (1..n_items) and scores of the top k, shapes [B, k]."""
+    """One batch: item indices (1..n_items) and scores of the top k, shapes [B, k]. NaN or infinite
+    scores raise :class:`srgnn.integrity.NonFiniteScores` naming ``name``."""
     logits = model(items, lengths, ngc_w)          # [B, n_items], column j is item j + 1 (Eq. 8)
+    check_finite_scores(logits, name)
     if exclude_seen:
         logits = mask_seen(logits, items)
     values, cols = ranked_top_k(logits, k)
@@ -96,7 +99,7 @@ def score_top_k(model: torch.nn.Module, items: torch.Tensor, lengths: torch.Tens
 
 def score_arrays(model: torch.nn.Module, items: np.ndarray, lengths: np.ndarray, k: int,
                  batch_size: int = 128, device: torch.device | str = "cpu",
-                 ngc_w: np.ndarray | None = None, exclude_seen: bool = False
+                 ngc_w: np.ndarray | None = None, exclude_seen: bool = False, name: str = "the model"
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Score right-padded ``items`` [N, L] in batches; returns int32 [N, k'] indices and float32
     [N, k'] scores, k' = min(k, n_items)."""
@@ -108,7 +111,7 @@ def score_arrays(model: torch.nn.Module, items: np.ndarray, lengths: np.ndarray,
         b_len = torch.from_numpy(np.ascontiguousarray(lengths[start:stop], dtype=np.int64)).to(device)
         b_w = None if ngc_w is None else torch.from_numpy(
             np.ascontiguousarray(ngc_w[start:stop], dtype=np.float32)).to(device)
-        idx, val = score_top_k(model, b_items, b_len, k, ngc_w=b_w, exclude_seen=exclude_seen)
+        idx, val = score_top_k(model, b_items, b_len, k, ngc_w=b_w, exclude_seen=exclude_seen, name=name)
         out_idx.append(idx.to(torch.int32).cpu().numpy())
         out_val.append(val.to(torch.float32).cpu().numpy())
     if not out_idx:

@@ -218,6 +218,40 @@ def test_clear_errors(spark, sample_eval, tmp_path):
         evaluate(spark, cfg.replace(output=str(other), baselines=["pop"]))
 
 
+def test_damaged_models_and_shards_are_refused(spark, sample_eval, tmp_path, capsys):
+    """Flipped bytes in model.safetensors: the job exits 2 with one line before fitting anything;
+    flipped bytes in a shard: the shards no longer match their manifest."""
+    import importlib.util
+
+    from srgnn.core.cli import run_job
+
+    cfg = sample_eval["cfg"]
+    other = tmp_path / "other"
+    shutil.copytree(cfg.output, other, ignore=shutil.ignore_patterns("evaluation", "reports"))
+    weights = other / "models" / f"run_date={cfg.run_date}" / "model.safetensors"
+    original = weights.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / "jobs" / "evaluate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(lambda: job.main(["--output", str(other), "--run-date", cfg.run_date, "--no-progress"]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: model weights ") and "do not match config.json" in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    weights.write_bytes(original)
+
+    shard = sorted((other / "shards" / f"run_date={cfg.run_date}" / "test").glob("*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="do not match their manifest"):
+        evaluate(spark, cfg.replace(output=str(other), baselines=["pop"]))
+
+
 # ---- a synthetic Markov set: the ranking must make sense ----------------------------------------
 def test_synthetic_markov_ranks_sr_and_srgnn_above_pop(spark, tmp_path):
     from bench.synth import SynthConfig, write_click_log

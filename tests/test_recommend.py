@@ -472,3 +472,40 @@ def test_jobs_run_under_spark_submit_and_print_one_line_errors(spark, small_out)
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: session 'no-such-session' has no rows in table recommendations run_date={RUN_DATE} under {out}")
     assert "Traceback" not in proc.stderr
+
+
+def test_damaged_or_diverged_models_are_one_line_errors(spark, small_out, tmp_path, capsys):
+    """Flipped bytes in the weights (found by the weights' hash) and a model whose scores overflow
+    (found in the Spark workers) both end the job with one ``error:`` line and exit 2."""
+    import importlib.util
+    import shutil
+
+    from srgnn.core.cli import run_job
+    from srgnn.export import save_model
+
+    spec = importlib.util.spec_from_file_location("recommend_job", ROOT / "jobs" / "recommend.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = small_out["output"]
+
+    def run(model_dir) -> str:
+        with pytest.raises(SystemExit) as info:
+            run_job(lambda: job.main(["--output", out, "--run-date", RUN_DATE, "--model-dir", str(model_dir)]))
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and "Traceback" not in "\n".join(err), err
+        return err[-1]
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(f"{out}/models/run_date={RUN_DATE}", flipped)
+    data = bytearray((flipped / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (flipped / "model.safetensors").write_bytes(bytes(data))
+    assert "model.safetensors do not match config.json" in run(flipped)
+
+    huge = make_model()
+    with torch.no_grad():
+        huge.embedding.weight.fill_(3e38)                # finite weights, infinite scores
+    save_model(str(tmp_path / "huge"), huge)
+    line = run(tmp_path / "huge")
+    assert "produced non-finite scores (NaN or inf)" in line and str(tmp_path / "huge") in line

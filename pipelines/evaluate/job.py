@@ -42,9 +42,8 @@ from srgnn.core.errors import ConfigError, InputError
 from srgnn.core.fs import local_path, makedirs, read_json, write_bytes_atomic, write_json_atomic
 from srgnn.core.layout import normalize_root
 from srgnn.core.log import get_logger
-from srgnn.export import load_model
-from srgnn.integrity import check_model_matches_manifest
-from srgnn.reader import load_manifest_at
+from srgnn.integrity import check_model_matches_manifest, load_checked_model
+from srgnn.reader import load_manifest_at, verify_manifest
 from srgnn.scoring import pick_device
 
 log = get_logger(__name__)
@@ -96,7 +95,8 @@ def evaluate(spark, cfg: EvaluateConfig) -> dict[str, Any]:
     cfg.validate_required()
     store = TableStore(cfg.output, cfg.table_format)
     manifest_path = local_path(cfg.layout.manifest(cfg.run_date))
-    manifest = load_manifest_at(local_path(cfg.shards_dir))
+    shards = local_path(cfg.shards_dir)
+    manifest = verify_manifest(shards, manifest=load_manifest_at(shards))   # the bytes stage 2 wrote
     n_items = int(manifest["n_items"])
     examples = load_test_examples(cfg, manifest)
     log.info("evaluate %s: %d test examples, %d items, from %s/test", cfg.run_date, len(examples), n_items,
@@ -109,6 +109,12 @@ def evaluate(spark, cfg: EvaluateConfig) -> dict[str, Any]:
                              f"this run date first)")
         log.warning("evaluate %s: no exported SR-GNN model under %s: evaluating the baselines only",
                     cfg.run_date, cfg.models_dir)
+
+    device = pick_device(cfg.device)
+    loaded = {}                      # every model checked before the baselines' fit
+    for name, path in models.items():
+        loaded[name] = load_checked_model(path, device)
+        check_model_matches_manifest(loaded[name][1], manifest, path, manifest_path)
 
     # ---- fit the baselines (Spark) -----------------------------------------------------------
     sessions = store.read(spark, SESSIONS, cfg.run_date)
@@ -125,12 +131,10 @@ def evaluate(spark, cfg: EvaluateConfig) -> dict[str, Any]:
     metrics: dict[str, dict[str, float]] = {}
     kinds: dict[str, str] = {}
     timings: dict[str, dict[str, float]] = {}
-    device = pick_device(cfg.device)
     for name, path in models.items():
-        model, config = load_model(path, device)
-        check_model_matches_manifest(config, manifest, path, manifest_path)
+        score_fn = model_score_fn(loaded[name][0], device, f"model '{name}' at {path}")
         t = time.perf_counter()
-        metrics[name] = evaluate_scores(model_score_fn(model, device), examples, n_items, cfg.ks, cfg.batch_size,
+        metrics[name] = evaluate_scores(score_fn, examples, n_items, cfg.ks, cfg.batch_size,
                                         popularity, desc=name, progress=cfg.progress)
         timings[name] = {"score_s": time.perf_counter() - t}
         kinds[name] = "srgnn"

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from pipelines.evaluate.config import EvaluateConfig
 from srgnn.core.contracts import SHARD_COLUMNS
 from srgnn.core.errors import InputError
+from srgnn.integrity import check_finite_scores
 
 
 @dataclass
@@ -67,10 +68,14 @@ def evaluate_scores(score_batch: Callable[[Any], torch.Tensor], examples: TestEx
     return acc.finalize()
 
 
-def model_score_fn(model: torch.nn.Module, device: torch.device) -> Callable[[Any], torch.Tensor]:
+def model_score_fn(model: torch.nn.Module, device: torch.device, name: str = "the model"
+                   ) -> Callable[[Any], torch.Tensor]:
+    """Scores of an SR-GNN model; NaN or infinite scores are an error naming ``name``."""
     def score(batch):
         b = batch.to(device)
-        return model(b.items, b.lengths, b.ngc_w).float()
+        scores = model(b.items, b.lengths, b.ngc_w).float()
+        check_finite_scores(scores, name)
+        return scores
     return score
 
 

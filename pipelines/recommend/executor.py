@@ -43,7 +43,7 @@ def make_partition_scorer(model_dir: str, k: int, max_len: int, batch_size: int,
             if with_ngc:
                 ngc_w = batch.column("ngc_w").flatten().to_numpy(zero_copy_only=False).reshape(n, max_len)
             idx, val = score_arrays(model, items, lengths, k, batch_size=batch_size, device=dev,
-                                    ngc_w=ngc_w, exclude_seen=exclude_seen)
+                                    ngc_w=ngc_w, exclude_seen=exclude_seen, name=f"model {model_dir}")
             kk = idx.shape[1]
             offsets = pa.array(np.arange(0, n * kk + 1, kk, dtype=np.int32))
             yield pa.RecordBatch.from_arrays(

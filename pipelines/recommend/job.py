@@ -13,6 +13,7 @@ The transforms are in :mod:`pipelines.recommend.transforms`, the scoring inside 
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
@@ -29,11 +30,12 @@ from pipelines.recommend.transforms import (clicks_with_item_index, model_recomm
                                             session_item_indices, sessions_to_score, with_item_ids)
 from pipelines.tables import TableStore
 from srgnn.core.contracts import CONFIG_FILE, ITEM_GRAPH, ITEM_VOCAB, SESSIONS, STATS_RECOMMEND
-from srgnn.core.errors import InputError
+from srgnn.core.errors import InputError, PipelineError
 from srgnn.core.fs import local_path, read_json, write_json_atomic
 from srgnn.core.layout import partition_name
 from srgnn.core.log import get_logger
-from srgnn.integrity import check_export, check_model_matches_manifest
+from srgnn.integrity import NonFiniteScores, check_export, check_model_matches_manifest
+from srgnn.reader import verify_manifest
 
 log = get_logger(__name__)
 
@@ -42,7 +44,7 @@ def check_model_matches_run_date(config: dict[str, Any], model_dir: str, vocab: 
                                  run_date: str, check_manifest: bool) -> dict[str, Any]:
     """The model must be the run date's model: its ``n_items`` is the largest index of the run
     date's ``item_vocab``, and (when ``check_manifest`` and the run date has shards) it was trained
-    on those shards."""
+    on those shards, which are still the bytes their manifest describes."""
     row = vocab.agg(F.max("item_idx").alias("max_idx"), F.count("*").alias("n")).first()
     n_items = int(config["n_items"])
     if row["max_idx"] is None or int(row["max_idx"]) != n_items:
@@ -53,8 +55,10 @@ def check_model_matches_run_date(config: dict[str, Any], model_dir: str, vocab: 
     manifest_path = local_path(store.layout.manifest(run_date))
     info = {"vocab_items": int(row["n"]), "manifest_checked": False}
     if check_manifest and os.path.isfile(manifest_path) and config.get("manifest_hash"):
-        check_model_matches_manifest(config, read_json(manifest_path), model_dir, manifest_path,
+        manifest = read_json(manifest_path)
+        check_model_matches_manifest(config, manifest, model_dir, manifest_path,
                                      hint=" (retrain, or pass --no-check-manifest to score anyway)")
+        verify_manifest(local_path(store.layout.shards(run_date)), manifest=manifest)
         info["manifest_checked"] = True
     return info
 
@@ -118,7 +122,15 @@ def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
                                      model_version, SOURCE_POPULAR)
         log.info("scoring %d sessions from %s in %d partitions (%d torch threads each, batch %d)",
                  counts["sessions"], source_name, partitions, threads, cfg.batch_size)
-        target = store.write(from_model.unionByName(from_popular), TABLE, cfg.run_date)
+        try:
+            target = store.write(from_model.unionByName(from_popular), TABLE, cfg.run_date)
+        except PipelineError:
+            raise
+        except Exception as exc:  # a worker's NonFiniteScores arrives wrapped in Spark's error
+            found = re.search(r"NonFiniteScores: ([^\n]*)", str(exc))
+            if found is None:
+                raise
+            raise NonFiniteScores(found.group(1).strip()) from None
     finally:
         indexed_all.unpersist()
 
