@@ -140,6 +140,7 @@ def test_auto_takes_the_kernel_where_it_can_run():
     assert not fused_cpu.applies(SRGNN(ModelConfig(n_items=N_ITEMS, hidden_size=8, max_len=L, kernel="eager")))
 
 
+@pytest.mark.slow
 def test_the_build_is_named_by_what_it_depends_on_and_reused_without_a_compiler(tmp_path):
     """Built once, the kernel's folder is found from any checkout with the same source: a process
     from another copy of the source, with no compiler or ninja on PATH, imports it as it is."""
