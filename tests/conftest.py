@@ -14,6 +14,27 @@ FIXTURES = ROOT / "tests" / "fixtures"
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SRGNN_DRIVER_MEMORY", "3g")
 
+# ---- markers (registered in pyproject.toml): slow, spark, gpu ----------------------------------
+SPARK_FIXTURES = {"spark", "sample_stage1", "sample_stage2"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, so that -m "not spark" sees these markers
+def pytest_collection_modifyitems(config, items):
+    """Mark `spark` every test that uses the SparkSession (directly or through another fixture);
+    skip the `gpu` tests where CUDA is not available."""
+    gpu_items = []
+    for item in items:
+        if SPARK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.spark)
+        if item.get_closest_marker("gpu") is not None:
+            gpu_items.append(item)
+    if gpu_items:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu_items:
+                item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+
 
 @pytest.fixture(scope="session")
 def spark():

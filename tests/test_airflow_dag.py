@@ -18,6 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("SRGNN_AIRFLOW_VENV", ROOT / ".venv-airflow"))
 
+pytestmark = pytest.mark.slow  # builds .venv-airflow and imports the DAGs there
+
 # Runs inside the Airflow virtualenv: parse jobs/airflow with DagBag and describe what it found.
 CHECK = r"""
 import json, sys

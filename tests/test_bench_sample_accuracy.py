@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from bench.sample_accuracy import main
+
+pytestmark = pytest.mark.slow  # a benchmark script
 
 
 def test_sample_accuracy_prints_one_line_per_seed_and_their_mean(capsys):

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 import torch
 
 from bench.train_throughput import main
+
+pytestmark = pytest.mark.slow  # a benchmark script
 
 
 def test_train_throughput_prints_its_contract_line_and_the_products_floor(capsys):

@@ -74,6 +74,7 @@ def sample_eval(spark, sample_stage2, tmp_path_factory):
     return {"out": out, "cfg": cfg, "result": evaluate(spark, cfg), **tiny}
 
 
+@pytest.mark.slow
 def test_sample_report_lists_every_model_with_hr_mrr_ndcg(sample_eval):
     result = sample_eval["result"]
     assert result["examples"] == sample_eval["manifest"]["splits"]["test"]["examples"]
@@ -88,6 +89,7 @@ def test_sample_report_lists_every_model_with_hr_mrr_ndcg(sample_eval):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_sample_evaluation_table(spark, sample_eval):
     cfg = sample_eval["cfg"]
     table = TableStore(cfg.output).read(spark, "evaluation", cfg.run_date).toPandas()
@@ -108,6 +110,7 @@ def test_sample_evaluation_table(spark, sample_eval):
         assert got[(model, "mrr", 20, "all")] <= got[(model, "hr", 20, "all")]
 
 
+@pytest.mark.slow
 def test_srgnn_figures_equal_the_trainers_evaluation(sample_eval):
     from srgnn.reader import read_split
     from srgnn.data import batches_from_arrays
@@ -121,6 +124,7 @@ def test_srgnn_figures_equal_the_trainers_evaluation(sample_eval):
         assert got[key] == pytest.approx(ref[key], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_pop_figures_equal_an_independent_count(spark, sample_eval):
     """POP's HR@20 recomputed with pandas from the sessions table and the test shard."""
     from srgnn.reader import read_split
@@ -142,6 +146,7 @@ def test_pop_figures_equal_an_independent_count(spark, sample_eval):
     assert m["mrr@20"] == pytest.approx(np.mean(np.where(ranks <= 20, 1 / ranks, 0)), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_best_model_json(sample_eval):
     result = sample_eval["result"]
     best = json.loads(Path(result["best_model_json"]).read_text())
@@ -169,6 +174,7 @@ def test_evaluation_rows_leave_out_empty_buckets():
     assert rows == [("pop", "hr", 20, 0.5, "all"), ("pop", "hr", 20, 0.5, "<=5"), ("pop", "coverage", 20, 0.1, "all")]
 
 
+@pytest.mark.slow
 def test_job_reruns_idempotently_and_errors_are_one_line(spark, sample_eval, tmp_path):
     cfg = sample_eval["cfg"]
     before = TableStore(cfg.output).read(spark, "evaluation", cfg.run_date).toPandas()
@@ -197,6 +203,7 @@ def test_job_reruns_idempotently_and_errors_are_one_line(spark, sample_eval, tmp
     assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_clear_errors(spark, sample_eval, tmp_path):
     cfg = sample_eval["cfg"]
     with pytest.raises(InputError, match="shard manifest not found"):
@@ -253,6 +260,7 @@ def test_damaged_models_and_shards_are_refused(spark, sample_eval, tmp_path, cap
 
 
 # ---- a synthetic Markov set: the ranking must make sense ----------------------------------------
+@pytest.mark.slow
 def test_synthetic_markov_ranks_sr_and_srgnn_above_pop(spark, tmp_path):
     from bench.synth import SynthConfig, write_click_log
     from pipelines.graph import GraphConfig, build_graph

@@ -143,6 +143,7 @@ def test_auto_takes_the_kernel_where_it_can_run():
         assert model(items, lengths, None, targets).isfinite()          # the eager model under autocast
 
 
+@pytest.mark.slow
 def test_the_build_is_named_by_what_it_depends_on_and_reused_without_a_compiler(tmp_path):
     """Built once, the kernel's folder is found from any checkout with the same source: a process
     from another copy of the source, with no compiler or ninja on PATH, imports it as it is."""

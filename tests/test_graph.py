@@ -242,6 +242,7 @@ def test_rows_are_shuffled_across_and_within_row_groups(handmade):
     assert sids != sorted(sids)
 
 
+@pytest.mark.slow
 def test_rerun_replaces_the_shards_and_the_graph(spark, handmade, tmp_path):
     out = tmp_path / "o"
     for part in ("sessions", "item_vocab", "stats", "item_graph", "shards"):
@@ -318,6 +319,7 @@ def test_stats_that_disagree_with_the_tables_leave_the_last_good_outputs(spark, 
     assert load_manifest(out, RUN_DATE) == manifest
 
 
+@pytest.mark.slow
 def test_job_runs_under_spark_submit_and_reports_errors_in_one_line(spark, tmp_path):
     out = write_stage1(spark, tmp_path / "o", random_sessions(30, 15, seed=9))
     env = {**os.environ, "SRGNN_DRIVER_MEMORY": "1g", "SRGNN_LOG_LEVEL": "WARNING"}

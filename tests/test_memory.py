@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow  # training steps at 40,000 items in subprocesses
+
 STEPS = """
 import json, resource, sys, torch
 sys.path.insert(0, {root!r})

@@ -112,6 +112,7 @@ def nightly_twice(spark, tmp_path_factory):
             "first_copy": first_copy}
 
 
+@pytest.mark.slow
 def test_one_command_writes_every_table_and_the_model(nightly_twice, spark):
     out = nightly_twice["out"]
     for t in TABLES:
@@ -138,6 +139,7 @@ def test_one_command_writes_every_table_and_the_model(nightly_twice, spark):
     assert stdout.count("    -> ") == 3  # conf/sample.yaml: show_sessions 3
 
 
+@pytest.mark.slow
 def test_recommendations_cover_every_scored_session(nightly_twice, spark):
     from pyspark.sql import functions as F
 
@@ -154,6 +156,7 @@ def test_recommendations_cover_every_scored_session(nightly_twice, spark):
     assert {r.item_id for r in recs.select("item_id").distinct().collect()} <= vocab
 
 
+@pytest.mark.slow
 def test_rerun_for_the_same_run_date_leaves_the_same_tables(nightly_twice, spark):
     from chispa import assert_df_equality
 

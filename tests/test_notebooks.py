@@ -51,6 +51,7 @@ def test_notebooks_are_in_databricks_source_format():
         compile(text, name, "exec")
 
 
+@pytest.mark.slow
 def test_01_data_writes_its_plots(sample_night, tmp_path, monkeypatch):
     plots = tmp_path / "plots01"
     ns = _run_notebook("01_data.py", sample_night, plots, monkeypatch)
@@ -63,6 +64,7 @@ def test_01_data_writes_its_plots(sample_night, tmp_path, monkeypatch):
     assert int(lengths["count"].sum()) == sessions.count()
 
 
+@pytest.mark.slow
 def test_02_model_writes_its_plots(sample_night, tmp_path, monkeypatch):
     plots = tmp_path / "plots02"
     ns = _run_notebook("02_model.py", sample_night, plots, monkeypatch)

@@ -349,6 +349,7 @@ def test_ngc_models_get_their_edge_weights_from_item_graph(spark, small_out, tmp
 
 
 # ---- consistency with the trainer on the bundled sample -------------------------------------
+@pytest.mark.slow
 def test_recommendations_reproduce_the_trainers_test_metrics_exactly(spark, sample_stage2, tmp_path):
     """Every test example of the sample (prefix, target) scored as its own session: HR@20 and MRR@20
     computed from the recommendations table equal the trainer's exported test metrics exactly."""
@@ -449,6 +450,7 @@ def test_ngc_weights_in_spark_equal_the_shards(spark, sample_stage2):
 
 
 # ---- the jobs, end to end --------------------------------------------------------------------
+@pytest.mark.slow
 def test_jobs_run_under_spark_submit_and_print_one_line_errors(spark, small_out):
     from pipelines.recommend import ShowRecommendationsConfig, session_recommendations
 

@@ -310,6 +310,7 @@ def test_config_defaults_yaml_and_validation(tmp_path):
 
 
 # ---- idempotent reruns --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_rerun_replaces_its_date_and_leaves_other_dates(spark, yoochoose_run, tmp_path):
     cfg = yoochoose_run["cfg"]
     store = TableStore(cfg.output)
@@ -341,6 +342,8 @@ def _env():
     return env
 
 
+@pytest.mark.slow
+@pytest.mark.spark
 def test_spark_submit_job_on_the_sample(tmp_path, sample_csv):
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -359,6 +362,8 @@ def test_spark_submit_job_on_the_sample(tmp_path, sample_csv):
         assert (out / table / "run_date=2016-06-01").is_dir()
 
 
+@pytest.mark.slow
+@pytest.mark.spark
 def test_job_missing_input_is_one_clear_line(tmp_path):
     missing = tmp_path / "nope.csv"
     proc = subprocess.run(

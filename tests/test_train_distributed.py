@@ -97,6 +97,7 @@ def tile(ex: dict[str, np.ndarray], times: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([v] * times) for k, v in ex.items()}
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_on_uneven_shards(tmp_path):
     """2 processes x 8 examples vs 1 process x 16: the same global batches, 5 train row groups.
 
@@ -146,6 +147,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "models" / f"run_date={RUN_DATE}" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_fused_kernel_through_ddp_matches_the_eager_model(tmp_path):
     """``--kernel fused`` in 1 process (gradients set without autograd) and in 2 gloo processes
     (through autograd, so DDP's hooks see them) against the eager model in 1 process, on the same

@@ -48,6 +48,7 @@ def _one_line_error(capsys, cfg: TrainJobConfig) -> str:
 
 
 # ---- SIGKILL after epoch 1, resume ----------------------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_after_first_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     _standard_shards(killed, n_train=2000)
@@ -234,6 +235,7 @@ def test_missing_or_changed_shards_are_one_clear_line(tmp_path, capsys):
 
 
 # ---- end to end on the bundled sample: stage 1 -> 2 -> 3 under torchrun ---------------------------
+@pytest.mark.slow
 def test_sample_stage_1_2_3_with_torchrun_exports_a_model(sample_stage2):
     out, run_date = sample_stage2["output"], sample_stage2["run_date"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
