@@ -31,8 +31,9 @@ from pipelines.recommend.transforms import (clicks_with_item_index, model_recomm
 from pipelines.tables import TableStore
 from srgnn.core.contracts import CONFIG_FILE, ITEM_GRAPH, ITEM_VOCAB, SESSIONS, STATS_RECOMMEND
 from srgnn.core.errors import InputError, PipelineError
-from srgnn.core.fs import local_path, read_json, write_json_atomic
-from srgnn.core.layout import partition_name
+from srgnn.core.commit import RunCommit, complete_pending
+from srgnn.core.fs import local_path, read_json
+from srgnn.core.layout import Layout, partition_name
 from srgnn.core.log import get_logger
 from srgnn.integrity import NonFiniteScores, check_export, check_model_matches_manifest
 from srgnn.reader import verify_manifest
@@ -81,6 +82,14 @@ def read_sessions_source(spark, cfg: RecommendConfig, store: TableStore):
 def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
     """Write ``recommendations`` for ``cfg.run_date`` and return (and log, and save) the stats."""
     cfg.validate_required()
+    layout = Layout(cfg.output)
+    complete_pending(layout, ["build_sessions"], cfg.run_date)
+    # one writer per (OUT, run date); the table and the stats JSON are published together
+    with RunCommit(layout, "recommend", cfg.run_date) as commit:
+        return _recommend(spark, cfg, commit)
+
+
+def _recommend(spark, cfg: RecommendConfig, commit: RunCommit) -> dict[str, Any]:
     t0 = time.time()
     store = TableStore(cfg.output, cfg.table_format)
     model_dir = os.path.abspath(local_path(cfg.resolved_model_dir()))
@@ -123,7 +132,7 @@ def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
         log.info("scoring %d sessions from %s in %d partitions (%d torch threads each, batch %d)",
                  counts["sessions"], source_name, partitions, threads, cfg.batch_size)
         try:
-            target = store.write(from_model.unionByName(from_popular), TABLE, cfg.run_date)
+            target = store.write(from_model.unionByName(from_popular), TABLE, cfg.run_date, commit)
         except PipelineError:
             raise
         except Exception as exc:  # a worker's NonFiniteScores arrives wrapped in Spark's error
@@ -149,6 +158,8 @@ def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
         "k": cfg.k,
         "max_len": max_len,
         **{key: int(value) for key, value in counts.items() if key != "duplicate_rows"},
+        "unknown_item_click_share": (counts["unknown_items_dropped"] / counts["clicks_read"]
+                                     if counts["clicks_read"] else None),
         "sessions_model": n_sessions - n_popular,
         "sessions_popular": n_popular,
         "rows_written": sum(by_source.values()),
@@ -160,7 +171,8 @@ def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "sessions_per_s": round(n_sessions / elapsed, 1) if elapsed > 0 else None,
     }
-    stats_path = write_json_atomic(store.layout.stats(cfg.run_date, STATS_RECOMMEND), stats)
+    stats_path = store.layout.stats(cfg.run_date, STATS_RECOMMEND)
+    commit.add_json(stats_path, stats)
     log.info("recommendations: %d sessions (%d model, %d popular; %d null ids skipped, %d unknown "
              "items dropped), %d rows -> %s; stats %s; %.1f s",
              n_sessions, stats["sessions_model"], n_popular, stats["null_session_ids"],
