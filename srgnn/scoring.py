@@ -1,7 +1,7 @@
 """The torch side of stage 4: score sessions with an exported SR-GNN model and keep the top k.
 
 Used inside Spark's Python workers by :mod:`pipelines.recommend` (one model per worker process,
-cached here), by the evaluation (:func:`pick_device`), and directly from tests and benchmarks.
+cached here), by the evaluation, and directly from tests and benchmarks.
 Nothing here knows about Spark: the caller passes what the task was given (a GPU address).
 
 Ranking convention (the same as :mod:`srgnn.metrics`): items are ordered by score descending and,
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from srgnn.core.contracts import CONFIG_FILE, WEIGHTS_FILE
-from srgnn.core.errors import ConfigError
 from srgnn.integrity import check_finite_scores
 from srgnn.metrics import ranked_top_k
 
@@ -34,25 +33,6 @@ def model_fingerprint(model_dir: str) -> str:
         st = os.stat(os.path.join(model_dir, name))
         parts.append(f"{name}:{st.st_mtime_ns}:{st.st_size}")
     return "|".join(parts)
-
-
-def pick_device(requested: str = "auto", assigned_gpu: str | None = None) -> torch.device:
-    """The device to score on.
-
-    ``'auto'``: the GPU ``assigned_gpu`` (an address such as ``'0'``, e.g. the one Spark gave the
-    task) when CUDA is available, else any visible GPU, else the CPU. ``'cpu'``, ``'cuda'`` or
-    ``'cuda:N'``: that device; a CUDA device without CUDA is a ConfigError.
-    """
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{assigned_gpu}" if assigned_gpu is not None else "cuda")
-        return torch.device("cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"option --device {requested}: no CUDA device is available")
-    try:
-        return torch.device(requested)
-    except RuntimeError:
-        raise ConfigError(f"option --device: {requested!r} is not auto, cpu, cuda or cuda:N") from None
 
 
 def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

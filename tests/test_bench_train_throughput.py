@@ -1,5 +1,5 @@
 """bench/train_throughput.py runs end to end on a tiny set and keeps its output contract: the last
-line is exactly ``train_pairs_per_s=<x> eval_pairs_per_s=<y>`` (issue 4). The figures themselves
+line is exactly ``train_pairs_per_s=<x> eval_pairs_per_s=<y>``. The figures themselves
 are the benchmark's business (docs/benchmarks.md), not this test's."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The CUDA-graph training step, on CPU: its fixed-buffer step (what the graph replays) and its
-capture bookkeeping. The capture itself runs in bench/gpu.sh on a lent GPU (docs/benchmarks.md)."""
+capture bookkeeping. The capture itself runs in bench/gpu.sh on a GPU (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import pytest

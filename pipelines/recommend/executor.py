@@ -25,13 +25,14 @@ def make_partition_scorer(model_dir: str, k: int, max_len: int, batch_size: int,
         import torch
         from pyspark import TaskContext
 
-        from srgnn.scoring import cached_model, pick_device, score_arrays
+        from srgnn.device import pick_device
+        from srgnn.scoring import cached_model, score_arrays
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         ctx = TaskContext.get()
         gpus = ctx.resources().get("gpu") if ctx is not None else None   # the GPU Spark gave the task
-        dev = pick_device(device, gpus.addresses[0] if gpus is not None and gpus.addresses else None)
+        dev = pick_device(device, assigned=gpus.addresses[0] if gpus is not None and gpus.addresses else None)
         model, _ = cached_model(model_dir, dev)
         for batch in batches:
             n = batch.num_rows
