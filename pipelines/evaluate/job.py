@@ -44,7 +44,7 @@ from srgnn.core.layout import normalize_root
 from srgnn.core.log import get_logger
 from srgnn.integrity import check_model_matches_manifest, load_checked_model
 from srgnn.reader import load_manifest_at, verify_manifest
-from srgnn.scoring import pick_device
+from srgnn.device import pick_device
 
 log = get_logger(__name__)
 
