@@ -303,6 +303,7 @@ def probe_executors(sc, hint: str) -> list[str]:
     failed = [(host, err) for host, err, _ in results if err]
     if failed:
         host, err = failed[0]
+        err = " ".join(err.split())  # one line
         raise EnvironmentProblem(f"the Spark executors cannot import the pipeline's code ({err} on {host}, "
                                  f"{len(failed)} of {len(results)} probe tasks); {hint}")
     return sorted({where for _, _, where in results})
