@@ -7,8 +7,11 @@ created the test fails: it never skips.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +109,30 @@ def test_databricks_variant_triggers_the_bundle_job(dagbag):
     assert fields["job_name"] in {j["name"] for j in bundle_jobs.values()}
     params = {p["name"] for j in bundle_jobs.values() for p in j.get("parameters", [])}
     assert "run_date" in params
+
+
+@functools.lru_cache(maxsize=None)
+def job_flags(job: Path) -> frozenset[str]:
+    """The flags a job's command line takes (what its ``--help`` lists)."""
+    proc = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    flags = frozenset(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", proc.stdout))
+    assert {"output", "run-date"} <= flags, f"{job}: --help lists {sorted(flags)}"
+    return flags
+
+
+def test_every_flag_a_task_passes_is_a_flag_of_its_job_and_the_table_format_reaches_every_stage(dagbag):
+    tasks = dagbag["dags"]["srgnn_nightly"]["tasks"]
+    for name, task in tasks.items():
+        if task["type"] == "SparkSubmitOperator":
+            job, args = Path(task["fields"]["application"]), task["fields"]["application_args"]
+        else:  # the torchrun command line
+            words = shlex.split(task["fields"]["bash_command"])
+            at = next(i for i, w in enumerate(words) if w.endswith("jobs/train.py"))
+            job, args = ROOT / "jobs" / "train.py", words[at + 1:]
+        passed = {a[2:] for a in args if a.startswith("--")}
+        accepted = job_flags(job)
+        assert passed <= accepted, f"{name}: {sorted(passed - accepted)} are not flags of {job.name}"
+        assert "table-format" in accepted and "--table-format" in args, f"{name} does not pass --table-format"
+        assert args[args.index("--table-format") + 1] == "parquet", name  # SRGNN_TABLE_FORMAT's default

@@ -1,12 +1,16 @@
 """The Databricks asset bundle, checked offline: databricks.yml + resources/*.yml load as jobs with the
 databricks-bundles package (strict: an unknown field fails), every file they name exists, every option
-they pass is an option of that stage's config, and the tasks run in stage order."""
+they pass is a flag of that task's job (its command line), the table format reaches every stage, and
+the tasks run in stage order."""
 from __future__ import annotations
 
 import copy
+import functools
 import glob
-import importlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +18,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["build_sessions", "build_graph", "train", "recommend"]
-STAGE_CONFIGS = {  # task_key -> (module, config class) of the entry point its python_file wraps
-    "build_sessions": ("pipelines.sessions", "SessionsConfig"),
-    "build_graph": ("pipelines.graph", "GraphConfig"),
-    "train": ("pipelines.train.config", "TrainJobConfig"),
-    "recommend": ("pipelines.recommend", "RecommendConfig"),
-    "evaluate": ("pipelines.evaluate", "EvaluateConfig"),
-}
 VAR_RE = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
 
 
@@ -157,16 +154,36 @@ def test_every_file_the_bundle_names_exists(bundle):
                     assert (ROOT / rel).is_file(), f"task {task['task_key']}: {rel} does not exist"
 
 
-def _flags(params: list[str]) -> list[str]:
-    return [p[2:].replace("-", "_") for p in params if p.startswith("--")]
+@functools.lru_cache(maxsize=None)
+def job_flags(job: Path) -> frozenset[str]:
+    """The flags a job's command line takes: what its ``--help`` lists, plus the options of a
+    pre-parser in its source (jobs/databricks/train_distributor.py's --num-processes, --cpu)."""
+    proc = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    flags = set(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", proc.stdout))
+    flags |= set(re.findall(r"add_argument\(\s*[\"']--([a-z][a-z0-9-]*)", job.read_text()))
+    assert {"output", "run-date"} <= flags, f"{job}: --help lists {sorted(flags)}"
+    return frozenset(flags)
 
 
-def test_every_option_passed_is_an_option_of_the_stage_config(bundle):
-    data, _ = bundle
-    for task in data["resources"]["jobs"]["srgnn_nightly"]["tasks"]:
-        module, cls_name = STAGE_CONFIGS[task["task_key"]]
-        cls = getattr(importlib.import_module(module), cls_name)
-        fields = set(cls.field_types())
-        flags = set(_flags(task["spark_python_task"]["parameters"])) - {"config", "num_processes"}
-        assert flags <= fields, f"{task['task_key']}: {sorted(flags - fields)} not in {cls_name}"
-        assert {"output", "run_date"} <= flags
+def test_every_flag_a_task_passes_is_a_flag_of_its_job_and_the_table_format_reaches_every_stage(bundle):
+    data, job_files = bundle
+    for job_name, job in data["resources"]["jobs"].items():
+        base = job_files[job_name].parent
+        for task in job["tasks"]:
+            py = (base / task["spark_python_task"]["python_file"]).resolve()
+            params = [str(p) for p in task["spark_python_task"]["parameters"]]
+            passed = {p[2:] for p in params if p.startswith("--")}
+            accepted = job_flags(py)
+            assert passed <= accepted, f"{task['task_key']}: {sorted(passed - accepted)} are not flags of {py.name}"
+            assert {"output", "run-date", "config"} <= passed, task["task_key"]
+            # every stage reads or writes tables: each gets the bundle's table format
+            assert "table-format" in accepted, py.name
+            assert "--table-format" in params, f"{task['task_key']} does not pass --table-format"
+            assert params[params.index("--table-format") + 1] == "${var.table_format}", task["task_key"]
+
+
+def test_prod_options_leave_the_table_format_to_the_command_line():
+    conf = yaml.safe_load((ROOT / "conf" / "prod.yaml").read_text())
+    assert all("table_format" not in (section or {}) for section in conf.values())

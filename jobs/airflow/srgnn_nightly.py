@@ -17,8 +17,11 @@ Settings come from environment variables read when the DAG is parsed:
 - ``SRGNN_INPUT`` / ``SRGNN_INPUT_FORMAT``: the raw click logs and their format
 - ``SRGNN_CONFIG``: the options YAML (default ``$SRGNN_HOME/conf/prod.yaml``)
 - ``SRGNN_TABLE_FORMAT``: ``parquet`` (default) or ``delta``
+- ``SRGNN_EXECUTOR_PYTHON``: the executors' Python (default the checkout's ``.venv``): it needs
+  the dependencies, not the project
 - ``SRGNN_NPROC``: training processes (GPUs) on the training worker (default 1)
-- ``SRGNN_PY_FILES``: optional wheel/zip of the packages for executors in cluster deploy mode
+- ``SRGNN_PY_FILES``: optional wheel or zip of the packages for the executors (``--py-files``);
+  without it every job ships the checkout's packages itself (docs/scaling.md)
 
 Works with Airflow 2.4+ and 3.x.
 """
@@ -47,12 +50,14 @@ TABLE_FORMAT = os.environ.get("SRGNN_TABLE_FORMAT", "parquet")
 NPROC = int(os.environ.get("SRGNN_NPROC", "1"))
 PY_FILES = os.environ.get("SRGNN_PY_FILES") or None
 PYTHON = f"{HOME}/.venv/bin/python"
+# the executors' Python: it needs the dependencies only (the jobs ship the project's code)
+EXECUTOR_PYTHON = os.environ.get("SRGNN_EXECUTOR_PYTHON", PYTHON)
 
 RUN_DATE = "{{ ds }}"  # the logical date: one partition of every table per day
 COMMON = ["--config", CONFIG, "--output", OUTPUT, "--run-date", RUN_DATE]
 SPARK_CONF = {
-    # executors and driver must run the project's interpreter (pyarrow 14.0.2 for petastorm)
-    "spark.pyspark.python": PYTHON,
+    # interpreters with the pinned dependencies (pyarrow 14.0.2 for petastorm)
+    "spark.pyspark.python": EXECUTOR_PYTHON,
     "spark.pyspark.driver.python": PYTHON,
     "spark.sql.session.timeZone": "UTC",
 }
@@ -90,7 +95,7 @@ with DAG(
         task_id="train",
         # torchrun: one process per GPU (nccl), or gloo processes on a CPU worker
         bash_command=(f"cd {HOME} && .venv/bin/torchrun --standalone --nproc_per_node={NPROC} "
-                      f"jobs/train.py " + " ".join(COMMON)),
+                      f"jobs/train.py " + " ".join([*COMMON, "--table-format", TABLE_FORMAT])),
         env={"PATH": f"{HOME}/.venv/bin:/usr/bin:/bin"},
         append_env=True,
         execution_timeout=timedelta(hours=6),

@@ -26,14 +26,19 @@ def main(argv: list[str] | None = None) -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--num-processes", type=int, default=1,
                      help="training processes on this node (one per GPU)")
-    pre.add_argument("--cpu", action="store_true", help="train on CPU processes (gloo) instead of GPUs")
+    pre.add_argument("--cpu", action="store_true",
+                     help="train on CPU processes (gloo) even where there are GPUs (default: GPUs when "
+                          "this machine has them, else CPU)")
     ns, rest = pre.parse_known_args(argv)
     cfg = TrainJobConfig.from_args(rest, prog="train_distributor.py")
 
     from pipelines.spark import get_spark
 
     get_spark("srgnn-train")  # TorchDistributor needs the active SparkSession
-    result = run_with_torch_distributor(cfg, num_processes=ns.num_processes, use_gpu=not ns.cpu,
+    import torch
+
+    use_gpu = not ns.cpu and torch.cuda.is_available()
+    result = run_with_torch_distributor(cfg, num_processes=ns.num_processes, use_gpu=use_gpu,
                                         local_mode=True)
     test = result["metrics"].get("test", {})
     print(f"exported {result['export_dir']} (best epoch {result['best_epoch']} of {result['epochs_run']}, "
