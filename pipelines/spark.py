@@ -165,10 +165,15 @@ def source_root() -> Path:
 
 
 def installed_wheel() -> bool:
-    """True when ``srgnn-pipeline`` is installed as a wheel (not editable) with both packages."""
+    """True when this process imports ``srgnn`` and ``pipelines`` from an installed ``srgnn-pipeline``
+    wheel (not editable). Metadata found in the checkout itself (the ``*.egg-info`` an editable
+    install leaves in the source folder) means the code runs from source."""
     try:
         dist = importlib.metadata.distribution(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
+        return False
+    located = Path(str(dist.locate_file(""))).resolve()
+    if located == source_root() and (source_root() / "pyproject.toml").exists():
         return False
     try:
         direct = json.loads(dist.read_text("direct_url.json") or "{}")
