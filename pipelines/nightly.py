@@ -46,9 +46,11 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "build_graph": ("pipelines.graph", "GraphConfig", "build_graph"),
     "train": ("pipelines.train.job", "TrainJobConfig", "train_job"),
     "evaluate": ("pipelines.evaluate", "EvaluateConfig", "evaluate"),
+    "select": ("pipelines.select", "SelectConfig", "select_model"),
     "recommend": ("pipelines.recommend", "RecommendConfig", "recommend"),
 }
-SPARK_STAGES = {"build_sessions", "build_graph", "evaluate", "recommend"}
+SPARK_STAGES = {"build_sessions", "build_graph", "evaluate", "select", "recommend"}
+AFTER_EVALUATION = {"evaluate", "select"}   # skipped with --no-evaluate
 TABLES = list(C.TABLES)
 
 
@@ -67,7 +69,10 @@ class NightlyConfig(StageConfig):
                             "(and reads this config's own options from its 'nightly' section)")
     start_at: str = opt("build_sessions", "first stage to run (the earlier ones' tables must exist)",
                         choices=tuple(STAGES))
-    evaluate: bool = opt(True, "run the evaluation (SR-GNN against the baselines) after training")
+    evaluate: bool = opt(True, "run the evaluation (SR-GNN against the baselines) and the model selection "
+                               "after training (without it, stage 4 scores with this night's SR-GNN)")
+    fail_on_alert: bool = opt(False, "exit non-zero after publishing when the published model's MRR@20 fell "
+                                     "below the median of the previous nights (see the select section)")
     spark_master: str = opt("", "Spark master (default local[*], or the one spark-submit gives)")
     shuffle_partitions: int = opt(0, "spark.sql.shuffle.partitions of a local session (0 = get_spark's default)")
     show_sessions: int = opt(3, "print the recommendations of this many sessions at the end")
@@ -131,6 +136,8 @@ def stage_configs(cfg: NightlyConfig, stages: Sequence[str] | None = None) -> di
     sections = read_stage_sections(cfg.stage_config)
     shared = {"output": cfg.output, "run_date": cfg.run_date, "table_format": cfg.table_format}
     per_stage = {"build_sessions": {"input": cfg.input, "format": cfg.format}}
+    if cfg.fail_on_alert:
+        per_stage["select"] = {"fail_on_alert": True}
     out: dict[str, StageConfig] = {}
     for stage in (STAGES if stages is None else stages):
         cls = stage_class(stage)
@@ -152,7 +159,7 @@ def run_nightly(cfg: NightlyConfig, spark=None) -> dict[str, Any]:
     order = list(STAGES)
     todo = order[order.index(cfg.start_at):]
     if not cfg.evaluate:
-        todo = [s for s in todo if s != "evaluate"]
+        todo = [s for s in todo if s not in AFTER_EVALUATION]
     configs = stage_configs(cfg, todo)  # all parsed before anything runs: a bad option fails fast
     if spark is None:
         spark = get_spark("srgnn-nightly", master=cfg.spark_master or None, table_format=cfg.table_format,
