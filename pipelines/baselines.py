@@ -7,11 +7,12 @@ and collected to the driver as flat numpy arrays (CSR lists); the scorers that u
 
 Training data. The baselines learn from the sessions SR-GNN learnt from: stage 1's ``train``
 split restricted to the session ids present in stage 2's ``train`` shard (so the ``valid``
-hold-out stays held out, and ``--fraction`` is respected). SR reads stage 2's ``item_graph``
-(all of stage 2's training transitions).
+hold-out stays held out, and ``--fraction`` is respected). SR with ``sr_steps = 1`` reads stage 2's
+``item_graph`` (all of stage 2's training transitions) instead.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -105,6 +106,24 @@ def sequential_rules(item_graph: DataFrame, popularity: DataFrame, n: int) -> Da
     return _top_per_src(rules, popularity, "count", n)
 
 
+def multi_step_rules(train: DataFrame, popularity: DataFrame, n: int, steps: int) -> DataFrame:
+    """session-rec's SequentialRules with its default weighting ``div``: for each click at position
+    p and each step s = 1..``steps`` with p - s >= 0, the rule ``items[p - s] -> items[p]`` gains
+    ``1 / s``; summed over the training sessions, top ``n`` per source: ``src_idx``, ``dst_idx``,
+    ``weight``, ``rank``. The weights are held as exact integers ``lcm(1..steps) / s`` (the same
+    order as the sums of ``1 / s``), so equal sums compare equal and the popularity tie-break decides."""
+    scale = math.lcm(*range(1, steps + 1))
+    clicks = (train.select("item_idx", F.posexplode("item_idx").alias("pos", "dst_idx"))
+              .where(F.col("pos") > 0))
+    pairs = clicks.select("item_idx", "pos", "dst_idx",
+                          F.explode(F.sequence(F.lit(1), F.least(F.col("pos"), F.lit(steps)))).alias("step"))
+    rules = pairs.select(F.element_at("item_idx", (F.col("pos") - F.col("step") + 1).cast("int")).alias("src_idx"),
+                         F.col("dst_idx").cast("int").alias("dst_idx"),
+                         (F.lit(scale) / F.col("step")).cast("long").alias("w"))
+    summed = rules.groupBy("src_idx", "dst_idx").agg(F.sum("w").alias("weight"))
+    return _top_per_src(summed, popularity, "weight", n)
+
+
 def recent_sessions_by_item(item_sets: DataFrame, m: int) -> DataFrame:
     """V-SKNN's session index: for each item its ``m`` most recent training sessions
     (by ``session_order``): ``item_idx``, ``session_order``."""
@@ -180,14 +199,19 @@ def fit_baselines(train: DataFrame, item_graph: DataFrame | None, n_items: int, 
         fitted.fit_seconds["itemknn"] = popularity_s + clock() - t
         fitted.stats["itemknn_pairs"] = int(len(values))
     if "sr" in names:
-        if item_graph is None:
-            raise InputError("baseline 'sr' needs stage 2's 'item_graph' table")
         t = clock()
-        check_item_graph(item_graph)
-        rules = _collect(sequential_rules(item_graph, popularity, params.sr_rules), ["src_idx", "dst_idx", "rank"])
+        if params.sr_steps == 1:          # direct successors: stage 2's graph holds their counts
+            if item_graph is None:
+                raise InputError("baseline 'sr' with sr_steps=1 needs stage 2's 'item_graph' table")
+            check_item_graph(item_graph)
+            sr = sequential_rules(item_graph, popularity, params.sr_rules)
+        else:
+            sr = multi_step_rules(train, popularity, params.sr_rules, params.sr_steps)
+        rules = _collect(sr, ["src_idx", "dst_idx", "rank"])
         bad = (rules["dst_idx"] < 1) | (rules["dst_idx"] > n_items) | (rules["src_idx"] < 1) | (rules["src_idx"] > n_items)
         if bad.any():
-            raise InputError(f"table 'item_graph': {int(bad.sum())} edge(s) with an item index outside 1..{n_items}")
+            where = "table 'item_graph'" if params.sr_steps == 1 else "table 'sessions'"
+            raise InputError(f"{where}: {int(bad.sum())} rule(s) with an item index outside 1..{n_items}")
         ptr, values = csr(rules["src_idx"], rules["dst_idx"], rules["rank"], n_items + 1)
         fitted.scorers["sr"] = LastItemListScorer("sr", n_items, tie_break, ptr, values)
         fitted.fit_seconds["sr"] = popularity_s + clock() - t

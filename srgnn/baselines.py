@@ -25,8 +25,10 @@ Methods (parameters in :class:`BaselineParams`; docs/baselines.md has the detail
 - ``itemknn``: neighbours of the prefix's last item by (regularised) cosine of session
   co-occurrence ``co(i, j) / (supp(i)^a * supp(j)^(1-a) + lambda)`` (a = 0.5, lambda = 0: plain
   cosine), top ``knn_neighbours`` per item.
-- ``sr``: rules ``last -> j`` weighted by the transition count of the stage-2 graph (the same order
-  as its out-normalised ``weight``), top ``sr_rules`` per item.
+- ``sr``: sequential rules (session-rec's ``SequentialRules``, weighting ``div``): every click
+  ``j`` that follows a click ``i`` of the same training session within ``sr_steps`` clicks adds
+  ``1 / step`` to the rule ``i -> j``; the prefix's last item's rules, top ``sr_rules`` per item.
+  With ``sr_steps = 1`` the rules are the transition counts of stage 2's ``item_graph``.
 - ``vsknn``: V-SKNN (Ludewig & Jannach 2018; session-rec's ``VMContextKNN``): candidate sessions
   are the ``vsknn_sample`` most recent training sessions sharing an item with the prefix;
   similarity is the dot product of the prefix vector with linearly decaying weights
@@ -56,6 +58,7 @@ class BaselineParams:
     knn_lambda: float = 0.0         # item-kNN: shrinkage in the denominator (session-rec uses 20)
     knn_alpha: float = 0.5          # item-kNN: supp(i)^a * supp(j)^(1-a); 0.5 = cosine
     sr_rules: int = 100             # SR: rules kept per item
+    sr_steps: int = 10              # SR: rules from each click to the next `steps` clicks (session-rec: 10)
     vsknn_k: int = 100              # V-SKNN: neighbour sessions that vote
     vsknn_sample: int = 500         # V-SKNN: most recent candidate sessions considered (m)
     vsknn_score_decay: str = "div"  # V-SKNN: 'div' (1/step of the last shared click) | 'same'
@@ -64,6 +67,8 @@ class BaselineParams:
         if self.knn_neighbours < max_k or self.sr_rules < max_k:
             raise ConfigError(f"knn_neighbours ({self.knn_neighbours}) and sr_rules ({self.sr_rules}) must be "
                               f">= the largest cut-off k ({max_k}), else ranks <= k would change")
+        if self.sr_steps < 1:
+            raise ConfigError(f"sr_steps must be >= 1, got {self.sr_steps}")
         if self.vsknn_k < 1 or self.vsknn_sample < 1:
             raise ConfigError("vsknn_k and vsknn_sample must be >= 1")
         if self.vsknn_score_decay not in ("div", "same"):

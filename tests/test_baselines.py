@@ -9,7 +9,8 @@ import pytest
 import torch
 from chispa import assert_df_equality
 
-from pipelines.baselines import fit_baselines, item_cooccurrence, sequential_rules, training_sessions
+from pipelines.baselines import (fit_baselines, item_cooccurrence, multi_step_rules, sequential_rules,
+                                 training_sessions)
 from srgnn.baselines import BaselineParams, VSKNNScorer, popularity_tie_break, ranked_items
 from srgnn.core.errors import ConfigError, InputError
 
@@ -116,14 +117,45 @@ def test_cooccurrence_counts_sessions_not_clicks(spark):
     assert_df_equality(item_cooccurrence(train), expected, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_sr_follows_transition_counts(fitted):
+def test_sr_with_one_step_follows_the_graphs_transition_counts(spark):
+    params = BaselineParams(knn_neighbours=20, sr_rules=20, sr_steps=1)
+    sr = fit_baselines(training_sessions(sessions_frame(spark)), graph_frame(spark, TRAIN), N_ITEMS, params,
+                       names=["sr"]).scorers["sr"]
     # transitions from 3: 3->3 (s1), 3->4 (s2), 3->2 (s3) once each; 2->3 twice, 2->? none else
     # from 3: all count 1 -> by popularity: 3, 2, 4; then the rest by popularity: 1, 5, 6
-    assert top(fitted.scorers["sr"], [[1, 3]]) == [[3, 2, 4, 1, 5, 6]]
+    assert top(sr, [[1, 3]]) == [[3, 2, 4, 1, 5, 6]]
     # from 2: 2->3 twice -> 3 first, then popularity
-    assert top(fitted.scorers["sr"], [[2]]) == [[3, 2, 1, 4, 5, 6]]
+    assert top(sr, [[2]]) == [[3, 2, 1, 4, 5, 6]]
     # from 6: no rule -> popularity
-    assert top(fitted.scorers["sr"], [[6]]) == [[3, 2, 1, 4, 5, 6]]
+    assert top(sr, [[6]]) == [[3, 2, 1, 4, 5, 6]]
+    with pytest.raises(InputError, match="sr_steps=1 needs stage 2's 'item_graph'"):
+        fit_baselines(training_sessions(sessions_frame(spark)), None, N_ITEMS, params, names=["sr"])
+
+
+def test_sr_rules_reach_ten_steps_weighted_one_over_step(spark, fitted):
+    """session-rec's default (steps 10, weighting 1/step), by hand on TRAIN (no item_graph used).
+    From 3: s1 3->3 (1), s2 3->4 (1) and 3->2 (1/2), s3 3->2 (1): 2 (1.5), then 3 and 4 (1 each,
+    3 more popular), then the rest by popularity: 1, 5, 6.
+    From 1: s0 1->2 (1), 1->3 (1/2); s4 1->4 (1), 1->5 (1/2), 1->6 (1/3): 2 and 4 (2 more popular),
+    3 and 5 (3 more popular), 6, then 1. With two steps 1->6 is out of reach: 1 before 6."""
+    assert top(fitted.scorers["sr"], [[1, 3]]) == [[2, 3, 4, 1, 5, 6]]
+    assert top(fitted.scorers["sr"], [[1]]) == [[2, 4, 3, 5, 6, 1]]
+    assert top(fitted.scorers["sr"], [[2]]) == [[3, 2, 1, 4, 5, 6]]     # only 2->3
+    two = fit_baselines(training_sessions(sessions_frame(spark)), None, N_ITEMS,
+                        BaselineParams(knn_neighbours=20, sr_rules=20, sr_steps=2), names=["sr"])
+    assert top(two.scorers["sr"], [[1]]) == [[2, 4, 3, 5, 1, 6]]
+    with pytest.raises(ConfigError, match="sr_steps must be >= 1"):
+        BaselineParams(sr_steps=0).check(20)
+
+
+def test_multi_step_rules_sum_exact_integer_weights(spark):
+    # [1, 2, 1], two steps, lcm(1, 2) = 2: 1->2 (step 1: 2), 2->1 (step 1: 2), 1->1 (step 2: 1)
+    train = training_sessions(sessions_frame(spark, train=[[1, 2, 1]]))
+    pop = spark.createDataFrame([(1, 2), (2, 1)], "item_idx int, clicks long")
+    expected = spark.createDataFrame([(1, 2, 2, 0), (1, 1, 1, 1), (2, 1, 2, 0)],
+                                     "src_idx int, dst_idx int, weight long, rank int")
+    assert_df_equality(multi_step_rules(train, pop, 10, 2), expected, ignore_row_order=True,
+                       ignore_nullable=True)
 
 
 def test_sequential_rules_truncate_per_source_in_score_order(spark):

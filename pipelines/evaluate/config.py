@@ -39,6 +39,8 @@ class EvaluateConfig(StageConfig):
     knn_lambda: float = opt(0.0, help="item-kNN: shrinkage added to the cosine denominator (0: plain cosine)")
     knn_alpha: float = opt(0.5, help="item-kNN: supp(i)^alpha * supp(j)^(1-alpha) (0.5: cosine)")
     sr_rules: int = opt(100, help="SR: rules kept per item (>= max K)")
+    sr_steps: int = opt(10, help="SR: a click makes rules to the next STEPS clicks, weighted 1/step "
+                                 "(session-rec's default 10; 1: direct successors, from item_graph)")
     vsknn_k: int = opt(100, help="V-SKNN: neighbour sessions that vote (k)")
     vsknn_sample: int = opt(500, help="V-SKNN: most recent candidate sessions considered (m)")
     vsknn_score_decay: str = opt("div", choices=("div", "same"),
@@ -63,7 +65,8 @@ class EvaluateConfig(StageConfig):
 
     def baseline_params(self) -> BaselineParams:
         return BaselineParams(knn_neighbours=self.knn_neighbours, knn_lambda=self.knn_lambda,
-                              knn_alpha=self.knn_alpha, sr_rules=self.sr_rules, vsknn_k=self.vsknn_k,
+                              knn_alpha=self.knn_alpha, sr_rules=self.sr_rules, sr_steps=self.sr_steps,
+                              vsknn_k=self.vsknn_k,
                               vsknn_sample=self.vsknn_sample, vsknn_score_decay=self.vsknn_score_decay)
 
     @property

@@ -123,7 +123,8 @@ def evaluate(spark, cfg: EvaluateConfig) -> dict[str, Any]:
     if not path_exists(spark, train_dir):
         raise InputError(f"train shards not found: {train_dir} (run jobs/build_graph.py for this run date first)")
     train_ids = train_session_ids(spark.read.parquet(train_dir))
-    item_graph = store.read(spark, ITEM_GRAPH, cfg.run_date) if "sr" in cfg.baselines else None
+    needs_graph = "sr" in cfg.baselines and cfg.sr_steps == 1
+    item_graph = store.read(spark, ITEM_GRAPH, cfg.run_date) if needs_graph else None
     fitted: FittedBaselines = fit_baselines(training_sessions(sessions, train_ids), item_graph, n_items,
                                             cfg.baseline_params(), names=cfg.baselines)
     popularity = torch.from_numpy(fitted.clicks / max(fitted.clicks.sum(), 1))
