@@ -12,19 +12,24 @@ with ``torch.load(path, weights_only=True)``: nothing is ever unpickled as an ob
 The numpy and Python RNG states, which are tuples with arrays inside, are converted to tensors.
 
 Writes go to a temporary file in the same folder followed by ``os.replace``: a reader (or a run
-killed mid-write) sees the previous checkpoint or the new one, never half a file.
+killed mid-write) sees the previous checkpoint or the new one, never half a file. On an object
+store (``s3://`` ...) a checkpoint is one object, which is visible only once its upload is complete;
+listing, loading (from bytes) and pruning go through :mod:`srgnn.core.fs`. Paths are
+:class:`~pathlib.Path` objects for local folders and URI strings for object stores.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
 
+from srgnn.core import fs
 from srgnn.core.errors import InputError
 from srgnn.core.fs import write_file_atomic
 
@@ -33,8 +38,27 @@ BEST_NAME = "best.pt"
 FORMAT_VERSION = 1
 
 
+CkptPath = Union[Path, str]   # a Path for local folders, a URI string for object stores
+
+
 def checkpoint_name(epochs_done: int, step_in_epoch: int = 0) -> str:
     return f"ckpt-epoch{epochs_done:04d}-step{step_in_epoch:07d}.pt"
+
+
+def _remote(folder: str | os.PathLike) -> bool:
+    return not fs.is_local(str(folder))
+
+
+def checkpoint_path(folder: str | os.PathLike, name: str) -> CkptPath:
+    """``folder/name``: a Path for a local folder, a URI string for an object store."""
+    if _remote(folder):
+        return f"{str(folder).rstrip('/')}/{name}"
+    return Path(fs.local_path(str(folder))) / name
+
+
+def path_name(path: CkptPath) -> str:
+    """The file name of a checkpoint path (local or URI)."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
 # ---- RNG states as tensors --------------------------------------------------------------------
@@ -68,15 +92,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---- atomic save / load ---------------------------------------------------------------------
-def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, then renamed onto ``path``."""
+def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> CkptPath:
+    """torch.save to a temporary file in the same folder, then renamed onto ``path`` (object
+    stores: one upload, visible when complete)."""
     write_file_atomic(str(path), lambda fh: torch.save(obj, fh))
-    return Path(path)
+    return str(path) if _remote(path) else Path(path)
 
 
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """``torch.load(weights_only=True)``: tensors and plain containers only, never objects."""
     try:
+        if _remote(path):
+            if not fs.exists(str(path)):
+                raise FileNotFoundError(path)
+            return torch.load(io.BytesIO(fs.read_bytes(str(path))), map_location=map_location, weights_only=True)
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise InputError(f"checkpoint not found: {path}") from None
@@ -84,8 +113,15 @@ def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cp
         raise InputError(f"checkpoint {path} cannot be read as a tensors-only checkpoint: {exc}") from exc
 
 
-def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, int, Path]]:
+def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, int, CkptPath]]:
     """``(epochs_done, step_in_epoch, path)`` for every complete checkpoint, oldest first."""
+    if _remote(folder):
+        found = []
+        for name in fs.listdir(str(folder)):
+            m = CKPT_RE.match(name)
+            if m:
+                found.append((int(m.group(1)), int(m.group(2)), checkpoint_path(folder, name)))
+        return sorted(found)
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -97,24 +133,32 @@ def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+def latest_checkpoint(folder: str | os.PathLike) -> CkptPath | None:
     found = list_checkpoints(folder)
     return found[-1][2] if found else None
 
 
-def prune_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
+def prune_checkpoints(folder: str | os.PathLike, keep: int) -> list[CkptPath]:
     """Delete all but the newest ``keep`` checkpoints (``keep <= 0`` keeps all)."""
     if keep <= 0:
         return []
     removed = []
     for _, _, p in list_checkpoints(folder)[:-keep]:
-        p.unlink(missing_ok=True)
+        if isinstance(p, Path):
+            p.unlink(missing_ok=True)
+        else:
+            fs.remove_tree(p)
         removed.append(p)
     return removed
 
 
 def clear_checkpoints(folder: str | os.PathLike) -> None:
     """Remove this run date's checkpoints and best-model file (a fresh, non-resumed run)."""
+    if _remote(folder):
+        for name in fs.listdir(str(folder)):
+            if CKPT_RE.match(name) or name == BEST_NAME or name.startswith("."):
+                fs.remove_tree(str(checkpoint_path(folder, name)))
+        return
     folder = Path(folder)
     if not folder.is_dir():
         return

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from typing import Any
 
 import torch
 
 from srgnn.core.contracts import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from srgnn.core.errors import InputError, PipelineError
-from srgnn.core.fs import local_path, read_json
+from srgnn.core.fs import fetch_dir, is_local, local_path, read_json
 
 _VERSION = re.compile(r"^srgnn-([0-9a-f]{12})$")
 
@@ -86,7 +87,11 @@ def load_checked_model(model_dir: str, device: torch.device | str = "cpu"
     """The exported model in ``model_dir`` (eval mode, on ``device``) and its config.json, after
     checking that it is whole: both files present, config.json readable, the weights' sha256 the
     one ``model_version`` names, the weights loadable into the configured model and finite, and the
-    export's item vocabulary (if any) of ``n_items`` items. Any failure is one InputError line."""
+    export's item vocabulary (if any) of ``n_items`` items. Any failure is one InputError line.
+    An object-store folder is fetched to a temporary local copy first."""
+    if not is_local(model_dir):
+        with tempfile.TemporaryDirectory(prefix="srgnn-model-") as tmp:
+            return load_checked_model(fetch_dir(model_dir, tmp), device)
     path = local_path(model_dir)
     if not os.path.isdir(path):
         raise InputError(f"model folder not found: {model_dir} (run stage 3, jobs/train.py, for this "

@@ -15,6 +15,13 @@ every rank's exact count (from the manifest) so a trainer can equalise its steps
 
 Every epoch reshuffles the order in which a rank reads its row groups (Petastorm's seed is derived
 from ``(seed, epoch)``); rows inside a row group were shuffled once, with a seed, when written.
+
+Object-store roots (``s3://`` ...): the manifest and the file listings go through
+:mod:`srgnn.core.fs`, whole splits through pyarrow (:func:`srgnn.core.fs.arrow_filesystem`), and
+Petastorm streams the row groups through fsspec (s3fs; endpoint and credentials from the ``AWS_*``
+variables) behind a small adapter to the pyarrow filesystem interface Petastorm 0.12 still uses
+(:class:`_PetastormFS`). The order of the row groups is the same as on a local disk, so a run on an
+object store trains exactly as the same run on a local copy.
 """
 from __future__ import annotations
 
@@ -25,20 +32,18 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from srgnn.core import fs
+from srgnn.core.contracts import MANIFEST_NAME, SCHEMA_VERSION, SPLITS
+from srgnn.core.contracts import SHARD_COLUMNS as COLUMNS  # what a Batch needs; session_id is not read
 from srgnn.core.errors import InputError
 from srgnn.core.fs import file_url, local_path, read_json
-from srgnn.core.layout import normalize_root
-
-MANIFEST_NAME = "_manifest.json"
-SCHEMA_VERSION = 1
-SPLITS = ("train", "valid", "test")
-COLUMNS = ("items", "length", "target", "ngc_w")  # what a Batch needs; session_id is not read
+from srgnn.core.layout import Layout, normalize_root
 
 
 # ---- where things are ---------------------------------------------------------------------------
 def shards_dir(output: str, run_date: str) -> str:
-    """``OUT/shards/run_date=D`` as a local path."""
-    return local_path(f"{normalize_root(output)}/shards/run_date={run_date}")
+    """``OUT/shards/run_date=D``: a local path for local roots, else the URI (``s3://...``)."""
+    return local_path(Layout(output).shards(run_date))
 
 
 def _as_local_dir(path_or_url: str) -> str:
@@ -48,7 +53,7 @@ def _as_local_dir(path_or_url: str) -> str:
 
 
 def split_url(output: str, run_date: str, split: str) -> str:
-    """``file:///.../shards/run_date=D/<split>``: the URL Petastorm reads for one split."""
+    """``file:///.../shards/run_date=D/<split>`` (or ``s3://...``): the URL Petastorm reads for one split."""
     _check_split(split)
     return file_url(f"{shards_dir(output, run_date)}/{split}")
 
@@ -62,8 +67,8 @@ def _check_split(split: str) -> None:
 def load_manifest_at(shards_path: str) -> dict[str, Any]:
     """The manifest of a shard folder (``OUT/shards/run_date=D``, path or file:// URL)."""
     folder = _as_local_dir(shards_path)
-    path = os.path.join(folder, MANIFEST_NAME)
-    if not os.path.isfile(path):
+    path = f"{folder}/{MANIFEST_NAME}"
+    if not fs.exists(path) or fs.isdir(path):
         raise InputError(f"shard manifest not found: {path} (run jobs/build_graph.py for this run date first)")
     manifest = read_json(path)
     version = manifest.get("schema_version")
@@ -75,6 +80,14 @@ def load_manifest_at(shards_path: str) -> dict[str, Any]:
 def load_manifest(output: str, run_date: str) -> dict[str, Any]:
     """The manifest of ``OUT/shards/run_date=D``; a clear error if stage 2 has not written it."""
     return load_manifest_at(shards_dir(output, run_date))
+
+
+def split_files(shards_path: str, split: str) -> list[str]:
+    """Relative paths (``<split>/<file>.parquet``) of one split's shard files, sorted, on any root."""
+    _check_split(split)
+    folder = _as_local_dir(shards_path)
+    return [f"{split}/{name}" for name in fs.listdir(f"{folder}/{split}")
+            if name.endswith(".parquet") and not name.startswith((".", "_"))]
 
 
 def shard_files(shards_path: str) -> list[str]:
@@ -167,7 +180,16 @@ def verify_manifest(output: str, run_date: str | None = None,
     """
     folder = shards_dir(output, run_date) if run_date is not None else _as_local_dir(output)
     manifest = manifest if manifest is not None else load_manifest_at(folder)
-    got = content_hash(folder)
+    if fs.is_local(folder):
+        got = content_hash(folder)
+    else:  # hash a local copy: the same bytes, read once
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="srgnn-shards-") as tmp:
+            for split in SPLITS:
+                if fs.exists(f"{folder}/{split}"):
+                    fs.fetch_dir(f"{folder}/{split}", os.path.join(tmp, split))
+            got = content_hash(tmp)
     if got != manifest.get("content_hash"):
         raise InputError(f"shards under {folder} do not match their manifest: content hash {got}, "
                          f"manifest says {manifest.get('content_hash')} (files changed after stage 2 "
@@ -213,12 +235,50 @@ def _list_column(column, width: int, dtype) -> np.ndarray:
     return out if out.flags.writeable else out.copy()  # torch wants writable memory
 
 
+def _petastorm_filesystem(folder: str):
+    """None for local folders (Petastorm opens ``file://`` URLs itself); for object stores, the
+    fsspec filesystem of ``folder`` behind the pyarrow interface Petastorm 0.12 reads through.
+
+    Petastorm's own s3 support hands s3fs to pyarrow's new dataset API, which rejects the options
+    Petastorm passes, and pyarrow's ``S3FSWrapper`` lists through s3fs' (now asynchronous) private
+    ``_ls``; :class:`_PetastormFS` lists through the public API instead.
+    """
+    if fs.is_local(folder):
+        return None
+    import posixpath
+
+    import pyarrow.filesystem as legacy_fs
+
+    class _PetastormFS(legacy_fs.S3FSWrapper):
+        def isdir(self, path):
+            return self.fs.isdir(path)
+
+        def isfile(self, path):
+            return self.fs.isfile(path)
+
+        def walk(self, path, refresh=False):
+            path = path.rstrip("/")
+            dirs, files = [], []
+            for entry in self.fs.ls(path, detail=True, refresh=refresh):
+                name = posixpath.basename(entry["name"].rstrip("/"))
+                (dirs if entry["type"] == "directory" else files).append(name)
+            yield path, sorted(dirs), sorted(files)
+            for name in sorted(dirs):
+                yield from self.walk(f"{path}/{name}", refresh=refresh)
+
+    with warnings.catch_warnings():  # pyarrow.filesystem is deprecated, as is all Petastorm 0.12 uses
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _PetastormFS(fs.fsspec_filesystem(folder)[0])
+
+
 def _make_reader(url: str, cur_shard: int, shard_count: int, seed: int, shuffle_row_groups: bool,
                  shuffle_rows: bool, reader_pool_type: str, workers_count: int,
-                 results_queue_size: int, width: int, fast_lists: bool):
+                 results_queue_size: int, width: int, fast_lists: bool, filesystem=None):
     """``petastorm.make_batch_reader`` over one split. With ``fast_lists`` its results skip
     Petastorm's per-row ``np.vstack`` of list columns: they come out as [rows, L] arrays straight
-    from Arrow (the only change to Petastorm's behaviour; see bench/read_throughput.py)."""
+    from Arrow (the only change to Petastorm's behaviour; see bench/read_throughput.py).
+    ``filesystem``: :func:`_petastorm_filesystem` for object stores, None for ``file://`` URLs."""
     # Petastorm 0.12 drives pyarrow's legacy dataset API: one FutureWarning per call, nothing to act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
     from petastorm import make_batch_reader
@@ -244,7 +304,7 @@ def _make_reader(url: str, cur_shard: int, shard_count: int, seed: int, shuffle_
         url, schema_fields=[f"^{c}$" for c in COLUMNS], reader_pool_type=reader_pool_type,
         workers_count=workers_count, results_queue_size=results_queue_size, seed=seed,
         shuffle_rows=shuffle_rows, shuffle_row_groups=shuffle_row_groups, num_epochs=1,
-        cur_shard=cur_shard, shard_count=shard_count)
+        cur_shard=cur_shard, shard_count=shard_count, filesystem=filesystem)
     if fast_lists:
         reader._results_queue_reader = FastListResults()
     return reader
@@ -258,8 +318,8 @@ def iter_batches(output_or_url: str, split: str, batch_size: int, cur_shard: int
     """Batches of exactly ``batch_size`` examples (the last one smaller unless ``drop_last``) of one
     split, for rank ``cur_shard`` of ``shard_count``, in one pass (one epoch).
 
-    ``output_or_url``: the shard folder ``OUT/shards/run_date=D`` (path or file:// URL), or OUT
-    itself when ``run_date`` is given. Tensors are int64 (items, lengths, targets) and float32
+    ``output_or_url``: the shard folder ``OUT/shards/run_date=D`` (path, file:// URL or object-store
+    URI), or OUT itself when ``run_date`` is given. Tensors are int64 (items, lengths, targets) and float32
     (ngc_w, or None when ``with_ngc`` is False), moved to ``device`` if one is given.
     """
     import torch
@@ -292,7 +352,7 @@ def iter_batches(output_or_url: str, split: str, batch_size: int, cur_shard: int
     petastorm_seed = _epoch_seed(seed, epoch) if (shuffle_row_groups or shuffle_rows) else None
     reader = _make_reader(file_url(f"{folder}/{split}"), cur_shard, shard_count, petastorm_seed,
                           shuffle_row_groups, shuffle_rows, reader_pool_type, workers_count,
-                          results_queue_size, width, fast_lists)
+                          results_queue_size, width, fast_lists, _petastorm_filesystem(folder))
     with reader:
         for group in reader:
             arrays = (np.asarray(group.items, dtype=np.int64), group.length.astype(np.int64),
@@ -319,10 +379,14 @@ def read_split(output_or_url: str, split: str, *, run_date: str | None = None,
     folder = shards_dir(output_or_url, run_date) if run_date is not None else _as_local_dir(output_or_url)
     manifest = load_manifest_at(folder)
     width = int(manifest["max_len"])
-    files = [f for f in shard_files(folder) if f.startswith(split + "/")]
+    files = split_files(folder, split)
     if not files:
         return {c: np.zeros((0, width) if c in ("items", "ngc_w") else 0) for c in columns}
-    table = pq.ParquetDataset([os.path.join(folder, f) for f in files]).read(columns=list(columns))
+    if fs.is_local(folder):
+        table = pq.ParquetDataset([os.path.join(folder, f) for f in files]).read(columns=list(columns))
+    else:
+        arrow_fs, inner = fs.arrow_filesystem(folder)
+        table = pq.ParquetDataset([f"{inner}/{f}" for f in files], filesystem=arrow_fs).read(columns=list(columns))
     out = {}
     for c in columns:
         col = table.column(c)

@@ -10,6 +10,7 @@ among equal scores, by item index ascending: the top k are the evaluation's own
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from srgnn.core import fs
 from srgnn.core.contracts import CONFIG_FILE, WEIGHTS_FILE
 from srgnn.integrity import check_finite_scores
 from srgnn.metrics import ranked_top_k
@@ -27,7 +29,13 @@ _CACHE_LOCK = threading.Lock()
 
 
 def model_fingerprint(model_dir: str) -> str:
-    """mtime and size of the weights and config files: a rewritten model gets a new cache key."""
+    """mtime and size of the weights and config files: a rewritten model gets a new cache key.
+
+    Object stores: the sha256 of config.json, which is published last and names the weights' hash
+    in its ``model_version`` (one small read per call)."""
+    if not fs.is_local(model_dir):
+        config = f"{model_dir.rstrip('/')}/{CONFIG_FILE}"
+        return f"{CONFIG_FILE}:sha256:{hashlib.sha256(fs.read_bytes(config)).hexdigest()}"
     parts = []
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         st = os.stat(os.path.join(model_dir, name))
@@ -36,15 +44,15 @@ def model_fingerprint(model_dir: str) -> str:
 
 
 def cached_model(model_dir: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load ``model_dir`` once per process (and again only if its files change). Also keeps freed
-    CPU memory in the process (srgnn.memory): the [batch, n_items] scores are then not re-faulted
-    for every batch."""
+    """Load ``model_dir`` (a local folder or an object-store URI) once per process (and again only
+    if its files change). Also keeps freed CPU memory in the process (srgnn.memory): the
+    [batch, n_items] scores are then not re-faulted for every batch."""
     from srgnn.integrity import load_checked_model
     from srgnn.memory import keep_freed_memory
 
     keep_freed_memory()
 
-    model_dir = os.path.abspath(model_dir)
+    model_dir = os.path.abspath(fs.local_path(model_dir)) if fs.is_local(model_dir) else model_dir.rstrip("/")
     key = (model_dir, model_fingerprint(model_dir), str(device))
     with _CACHE_LOCK:
         hit = _MODEL_CACHE.get(key)

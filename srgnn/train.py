@@ -30,7 +30,6 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 
 from srgnn import checkpoint as ckpt
 from srgnn import cuda_graphs
+from srgnn.core import fs
 from srgnn.core.config import StageConfig, opt
 from srgnn.core.contracts import REPORT_KS, SELECT_METRIC
 from srgnn.core.errors import ConfigError, InputError
@@ -311,10 +311,10 @@ def _train(model, cfg, data, ctx, checkpoint_dir, meta, on_start, on_epoch_end) 
         if saved["meta"].get("world_size") != ctx.world_size and skip_steps:
             raise ConfigError(f"--resume: checkpoint {latest} is mid-epoch from {saved['meta'].get('world_size')} "
                               f"processes; resume it with the same number of processes")
-        best_path = Path(checkpoint_dir) / ckpt.BEST_NAME
-        if ctx.is_main and best_path.is_file():
+        best_path = ckpt.checkpoint_path(checkpoint_dir, ckpt.BEST_NAME)
+        if ctx.is_main and fs.exists(str(best_path)):
             best_state = ckpt.load_tensors(best_path)["model"]
-        log.info("resumed from %s: %d epochs done, step %d of the next", latest.name, state.epochs_done,
+        log.info("resumed from %s: %d epochs done, step %d of the next", ckpt.path_name(latest), state.epochs_done,
                  skip_steps)
     elif cfg.official_lr_schedule:
         with warnings.catch_warnings():  # the official code steps its scheduler before each epoch
@@ -347,7 +347,7 @@ def _train(model, cfg, data, ctx, checkpoint_dir, meta, on_start, on_epoch_end) 
             scheduler_state=scheduler.state_dict(), epochs_done=epochs_done, step_in_epoch=step_in_epoch,
             global_step=state.global_step, early_stop=state.early_stop_dict(), history=state.history,
             meta=meta, epoch_accum=epoch_accum)
-        path = ckpt.save_atomic(obj, Path(checkpoint_dir) / ckpt.checkpoint_name(epochs_done, step_in_epoch))
+        path = ckpt.save_atomic(obj, ckpt.checkpoint_path(checkpoint_dir, ckpt.checkpoint_name(epochs_done, step_in_epoch)))
         ckpt.prune_checkpoints(checkpoint_dir, cfg.keep_checkpoints)
         log.info("checkpoint %s", path)
 
@@ -392,7 +392,8 @@ def _train(model, cfg, data, ctx, checkpoint_dir, meta, on_start, on_epoch_end) 
             if ctx.is_main:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 if checkpoint_dir:
-                    ckpt.save_atomic({"model": best_state, "epoch": epoch}, Path(checkpoint_dir) / ckpt.BEST_NAME)
+                    ckpt.save_atomic({"model": best_state, "epoch": epoch},
+                                     ckpt.checkpoint_path(checkpoint_dir, ckpt.BEST_NAME))
         else:
             state.bad_epochs += 1
         if test:
@@ -416,7 +417,7 @@ def _train(model, cfg, data, ctx, checkpoint_dir, meta, on_start, on_epoch_end) 
     best = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
     if ctx.is_main and best is not None:
         if best_state is None and checkpoint_dir:
-            best_state = ckpt.load_tensors(Path(checkpoint_dir) / ckpt.BEST_NAME)["model"]
+            best_state = ckpt.load_tensors(ckpt.checkpoint_path(checkpoint_dir, ckpt.BEST_NAME))["model"]
         if best_state is not None:
             model.load_state_dict(best_state)
     return {"best_epoch": state.best_epoch, "best_score": state.best_score,

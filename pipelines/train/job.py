@@ -13,6 +13,11 @@ What one run does (every rank calls :func:`train_job`):
    checkpoints under ``OUT/checkpoints/run_date=D/`` and logs to MLflow;
 5. rank 0 exports the best epoch's weights to ``OUT/models/run_date=D/`` (:mod:`srgnn.export`:
    ``model.safetensors`` + ``config.json`` + ``item_vocab.parquet`` for the next warm start).
+
+``OUT`` may be an object store (``s3://bucket/out``): every read and write goes through
+:mod:`srgnn.core.fs` (shards, manifest, checkpoints, export) or pyarrow on
+:func:`srgnn.core.fs.arrow_filesystem` (item_vocab); MLflow's default file store is then the local
+folder ``./mlruns`` (see :func:`mlflow_default_root`).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from typing import Any
 import torch
 
 from srgnn import reader
+from srgnn.core import fs
 from srgnn.core.commit import RunLock, complete_pending
 from srgnn.core.contracts import ITEM_VOCAB, SPLITS
 from srgnn.core.errors import InputError, PipelineError
@@ -45,13 +51,13 @@ log = get_logger(__name__)
 def check_inputs(cfg: TrainJobConfig) -> dict[str, Any]:
     """The manifest of ``cfg``'s shards, after checking that every split is there (and the hash)."""
     shards = cfg.shards_dir
-    if not os.path.isdir(shards):
+    if not fs.isdir(shards):
         raise InputError(f"no shards for run_date={cfg.run_date}: {shards} does not exist; "
                          f"run stage 2 (jobs/build_graph.py --output {cfg.output} --run-date {cfg.run_date}) first")
     manifest = reader.load_manifest_at(shards)
     for split in SPLITS:
         expected = int(manifest["splits"][split]["examples"])
-        if expected and not any(f.startswith(split + "/") for f in reader.shard_files(shards)):
+        if expected and not reader.split_files(shards, split):
             raise InputError(f"shards of split '{split}' are missing: no Parquet files under "
                              f"{cfg.layout.shard_split(cfg.run_date, split)} (the manifest says {expected} examples)")
     if cfg.verify_manifest:
@@ -72,11 +78,12 @@ def read_item_vocab(cfg: TrainJobConfig) -> Any | None:
     path = cfg.layout.partition(ITEM_VOCAB, cfg.run_date)
     try:
         if cfg.table_format == "parquet":
-            if not os.path.isdir(path):
+            if not fs.isdir(path):
                 log.warning("no item_vocab table at %s: the export carries no item_vocab.parquet", path)
                 return None
             import pyarrow.parquet as pq
-            return pq.read_table(path, columns=["item_id", "item_idx"]).to_pandas()
+            arrow_fs, inner = fs.arrow_filesystem(path)
+            return pq.read_table(inner, filesystem=arrow_fs, columns=["item_id", "item_idx"]).to_pandas()
         from pyspark.sql import SparkSession
 
         from pipelines.tables import TableStore
@@ -92,6 +99,19 @@ def read_item_vocab(cfg: TrainJobConfig) -> Any | None:
     except Exception as exc:  # an unreadable vocab only disables id-based warm start
         log.warning("could not read item_vocab for run_date=%s (%s)", cfg.run_date, exc)
         return None
+
+
+def mlflow_default_root(cfg: TrainJobConfig, announce: bool = False) -> str:
+    """MLflow's default file store: ``OUT/mlruns`` for a local OUT; ``./mlruns`` (the working
+    folder) for an object-store OUT, where MLflow's file store cannot live (said in the log when
+    ``announce`` and no tracking URI is set)."""
+    if fs.is_local(cfg.root):
+        return cfg.layout.mlruns()
+    root = os.path.abspath("mlruns")
+    if announce and not cfg.mlflow_tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        log.info("OUT %s is on an object store: MLflow logs to the local file store %s "
+                 "(--mlflow-tracking-uri or $MLFLOW_TRACKING_URI choose another)", cfg.root, root)
+    return root
 
 
 def build_model(cfg: TrainJobConfig, n_items: int, max_len: int) -> SRGNN:
@@ -146,7 +166,8 @@ def train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        tracker = Tracker(cfg.mlflow_tracking_uri, cfg.mlflow_experiment, cfg.layout.mlruns(), enabled=ctx.is_main)
+        tracker = Tracker(cfg.mlflow_tracking_uri, cfg.mlflow_experiment,
+                          mlflow_default_root(cfg, announce=ctx.is_main), enabled=ctx.is_main)
         return _run(cfg, manifest, ctx, tracker)
     except BaseException:
         if tracker is not None:

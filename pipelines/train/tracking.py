@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from typing import Any
 
+from srgnn.core import fs
 from srgnn.core.log import get_logger
 
 log = get_logger(__name__)
@@ -61,7 +63,11 @@ class Tracker:
         if self.mlflow is None:
             return
         if export_dir:
-            self.mlflow.log_artifacts(export_dir, artifact_path="model")
+            if fs.is_local(export_dir):
+                self.mlflow.log_artifacts(fs.local_path(export_dir), artifact_path="model")
+            else:  # MLflow uploads from a local folder
+                with tempfile.TemporaryDirectory(prefix="srgnn-mlflow-") as tmp:
+                    self.mlflow.log_artifacts(fs.fetch_dir(export_dir, tmp), artifact_path="model")
         self.mlflow.set_tags(tags)
         self.mlflow.end_run()
         self._restore_environment()

@@ -50,6 +50,19 @@ def _holder() -> dict[str, Any]:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def _holder_is_gone(held: dict[str, Any]) -> bool:
+    """True when a lease's holder ran on this host and its process no longer exists (a killed run)."""
+    if held.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(held["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, TypeError, ValueError, OverflowError):
+        return False
+    return False
+
+
 class RunLock:
     """An exclusive lock on ``OUT/_locks/<stage>-<run_date>.lock``.
 
@@ -91,7 +104,8 @@ class RunLock:
 
     # Object stores have no flock: a lease object naming the holder and its expiry, written when
     # absent or expired and read back to confirm (two writers racing within one round trip can both
-    # win; the stages' content hashes then catch a mixed result).
+    # win; the stages' content hashes then catch a mixed result). A lease whose holder ran on this
+    # host and is dead (kill -9) is free at once, so a killed run can be resumed right away.
     LEASE_S = 6 * 3600
 
     def _acquire_lease(self) -> "RunLock":
@@ -101,7 +115,10 @@ class RunLock:
                 held = json.loads(fs.read_bytes(self.path))
             except (ValueError, PipelineError):
                 held = {}
-            if held.get("expires", 0) > now:
+            if held.get("expires", 0) > now and _holder_is_gone(held):
+                log.warning("taking over lease %s: its holder (host %s pid %s) is no longer running",
+                            self.path, held.get("host"), held.get("pid"))
+            elif held.get("expires", 0) > now:
                 raise LockHeld(f"{self.stage} for run_date={self.run_date} is already running (host "
                                f"{held.get('host')} pid {held.get('pid')} since {held.get('started')}); "
                                f"lease {self.path} until {time.strftime('%H:%M:%SZ', time.gmtime(held['expires']))}")

@@ -289,6 +289,12 @@ def fetch_dir(path: str, local_dir: str) -> str:
     return local_dir
 
 
+def fsspec_filesystem(path: str):
+    """``(fsspec.AbstractFileSystem, path inside it)`` of an object-store URI, for readers that take
+    an fsspec filesystem (Petastorm, through :mod:`srgnn.reader`)."""
+    return _fsspec(path)
+
+
 def arrow_filesystem(path: str):
     """``(pyarrow.fs.FileSystem, path inside it)`` for pyarrow/Parquet readers of any root."""
     import pyarrow.fs as pafs
