@@ -30,6 +30,8 @@ class EvaluateConfig(StageConfig):
     baselines: list[str] = opt(list(BASELINES), help=f"baselines to evaluate (of {', '.join(BASELINES)})")
     model_dirs: list[str] = opt([], help="more SR-GNN exports to evaluate, as DIR or NAME=DIR "
                                          "(OUT/models/run_date=D and its sub-folders are always looked at)")
+    previous_model: bool = opt(True, help="also evaluate the SR-GNN published on the latest earlier night (model "
+                                          "'previous', its items mapped to tonight's by item id), for the selection")
     require_model: bool = opt(False, help="fail when no exported SR-GNN model is found (else: baselines only)")
     ks: list[int] = opt(list(REPORT_KS), help="cut-offs K")
     batch_size: int = opt(500, help="test examples per scoring batch")

@@ -28,23 +28,29 @@ import os
 import time
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 
 from pipelines.baselines import check_sessions, fit_baselines, training_sessions
 from pipelines.evaluate.config import BEST_MODEL_FILE, CHART_FILE, REPORT_METRICS, EvaluateConfig
+from pipelines.select.config import PREVIOUS_NAME
 from pipelines.evaluate.report import best_model, render_report, summary_line, write_chart
 from pipelines.evaluate.scoring import baseline_score_fn, evaluate_scores, load_test_examples, model_score_fn
 from pipelines.evaluate.transforms import evaluation_frame, train_session_ids
 from pipelines.tables import TableStore, path_exists
 from srgnn.baselines import BASELINES, FittedBaselines
-from srgnn.core.contracts import CONFIG_FILE, EVALUATION, ITEM_GRAPH, REPORT_EVALUATION, SESSIONS, WEIGHTS_FILE
+from srgnn.core.commit import RunCommit, complete_pending
+from srgnn.core.contracts import (CONFIG_FILE, EVALUATION, ITEM_GRAPH, ITEM_VOCAB, REPORT_EVALUATION, SESSIONS,
+                                  VOCAB_FILE, WEIGHTS_FILE)
 from srgnn.core.errors import ConfigError, InputError
-from srgnn.core.fs import local_path, makedirs, read_json, write_bytes_atomic, write_json_atomic
+from srgnn.core.fs import arrow_filesystem, exists, local_path, makedirs, read_json
 from srgnn.core.layout import normalize_root
 from srgnn.core.log import get_logger
-from srgnn.integrity import check_model_matches_manifest, load_checked_model
+from srgnn.integrity import check_finite_scores, check_model_matches_manifest, load_checked_model
 from srgnn.reader import load_manifest_at, verify_manifest
 from srgnn.device import pick_device
+from srgnn.vocab_map import to_model_items, to_tonight_scores
+from srgnn.warm_start import item_row_mapping
 
 log = get_logger(__name__)
 
@@ -90,9 +96,46 @@ def find_models(cfg: EvaluateConfig) -> dict[str, str]:
     return found
 
 
+def previous_score_fn(spark, cfg: EvaluateConfig, store: TableStore, device, n_items: int
+                      ) -> tuple[str, Any] | None:
+    """(folder, batch -> scores over tonight's items) of the SR-GNN published on the latest earlier
+    night, or None (none published, or its export has no item vocabulary to map by)."""
+    from pipelines.select.job import previous_model_dir
+
+    prev_dir = previous_model_dir(store, spark, cfg.run_date)
+    if prev_dir is None or os.path.abspath(local_path(prev_dir)) == os.path.abspath(local_path(cfg.models_dir)):
+        return None
+    vocab_file = f"{prev_dir}/{VOCAB_FILE}"
+    if not exists(vocab_file):
+        log.warning("evaluate %s: the previous model %s has no %s: not evaluated", cfg.run_date, prev_dir, VOCAB_FILE)
+        return None
+    model, config = load_checked_model(prev_dir, device)
+    arrow_fs, inner = arrow_filesystem(vocab_file)
+    old_vocab = pq.read_table(inner, filesystem=arrow_fs, columns=["item_id", "item_idx"]).to_pandas()
+    now_vocab = store.read(spark, ITEM_VOCAB, cfg.run_date).select("item_id", "item_idx").toPandas()
+    mapping = item_row_mapping(n_items, int(config["n_items"]), now_vocab, old_vocab)
+    log.info("evaluate %s: previous model %s knows %d of tonight's %d items", cfg.run_date, prev_dir,
+             int((mapping[1:] > 0).sum()), n_items)
+
+    def score(batch):
+        b = batch.to(device)
+        items, lengths, w = to_model_items(b.items, b.lengths, b.ngc_w, mapping)
+        scores = to_tonight_scores(model(items, lengths, w).float(), mapping)
+        check_finite_scores(scores, f"the previous model at {prev_dir}")
+        return scores
+    return prev_dir, score
+
+
 def evaluate(spark, cfg: EvaluateConfig) -> dict[str, Any]:
     """Evaluate the SR-GNN export(s) of ``cfg.run_date`` and the baselines; write the table and report."""
     cfg.validate_required()
+    complete_pending(cfg.layout, ["build_graph"], cfg.run_date)
+    # one writer per (OUT, run date); the table and the report files are published together
+    with RunCommit(cfg.layout, "evaluate", cfg.run_date) as commit:
+        return _evaluate(spark, cfg, commit)
+
+
+def _evaluate(spark, cfg: EvaluateConfig, commit: RunCommit) -> dict[str, Any]:
     store = TableStore(cfg.output, cfg.table_format)
     manifest_path = local_path(cfg.layout.manifest(cfg.run_date))
     shards = local_path(cfg.shards_dir)
@@ -140,6 +183,15 @@ def evaluate(spark, cfg: EvaluateConfig) -> dict[str, Any]:
         timings[name] = {"score_s": time.perf_counter() - t}
         kinds[name] = "srgnn"
         log.info("evaluate %s: %s (%s) %s", cfg.run_date, name, path, summary_line(metrics[name]))
+    previous = previous_score_fn(spark, cfg, store, device, n_items) if cfg.previous_model else None
+    if previous is not None:
+        models[PREVIOUS_NAME] = previous[0]
+        t = time.perf_counter()
+        metrics[PREVIOUS_NAME] = evaluate_scores(previous[1], examples, n_items, cfg.ks, cfg.batch_size,
+                                                 popularity, desc=PREVIOUS_NAME, progress=cfg.progress)
+        timings[PREVIOUS_NAME] = {"score_s": time.perf_counter() - t}
+        kinds[PREVIOUS_NAME] = "srgnn"
+        log.info("evaluate %s: previous (%s) %s", cfg.run_date, previous[0], summary_line(metrics[PREVIOUS_NAME]))
     for name in cfg.baselines:
         scorer = fitted.scorers[name]
         t = time.perf_counter()
@@ -152,21 +204,21 @@ def evaluate(spark, cfg: EvaluateConfig) -> dict[str, Any]:
         raise ConfigError("nothing to evaluate: no model found and --baselines is empty")
 
     # ---- write ---------------------------------------------------------------------------------
-    table = store.write(evaluation_frame(spark, metrics, cfg.ks), EVALUATION, cfg.run_date)
+    table = store.write(evaluation_frame(spark, metrics, cfg.ks), EVALUATION, cfg.run_date, commit)
     best = best_model(metrics, kinds, cfg.select_metric, cfg.run_date)
     best["model_dirs"] = models
-    report_dir = local_path(cfg.report_dir)
-    makedirs(report_dir)
     order = sorted(metrics, key=lambda n: -metrics[n][cfg.select_metric])
     chart = None
     if cfg.chart and all(k in metrics[order[0]] for k in REPORT_METRICS):
         chart = CHART_FILE
-        write_chart(local_path(cfg.layout.report(cfg.run_date, chart)), metrics, order, cfg.run_date)
+        makedirs(cfg.report_dir)
+        write_chart(commit.staging_for(cfg.layout.report(cfg.run_date, chart), ".png"), metrics, order, cfg.run_date)
     info = {"test_dir": cfg.layout.shard_split(cfg.run_date, "test"), "n_items": n_items, **fitted.stats,
             "params": dataclasses.asdict(cfg.baseline_params())}
     report = local_path(cfg.layout.report(cfg.run_date, REPORT_EVALUATION))
-    write_bytes_atomic(report, render_report(cfg.run_date, metrics, kinds, best, timings, info, chart).encode())
-    best_json = write_json_atomic(local_path(cfg.layout.report(cfg.run_date, BEST_MODEL_FILE)), best)
+    commit.add_bytes(report, render_report(cfg.run_date, metrics, kinds, best, timings, info, chart).encode())
+    best_json = local_path(cfg.layout.report(cfg.run_date, BEST_MODEL_FILE))
+    commit.add_json(best_json, best)
     log.info("evaluate %s: wrote table evaluation (%s), %s, %s; best by %s: %s", cfg.run_date, table, report,
              best_json, cfg.select_metric, best["best_model"])
     return {"run_date": cfg.run_date, "examples": len(examples), "metrics": metrics, "kinds": kinds,

@@ -204,11 +204,14 @@ class RunCommit:
         write(staging)
         return staging
 
-    def add_json(self, final: str, obj: Any) -> str:
-        staging = self.staging_for(final, ".json")
-        text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-        write_bytes_atomic(staging, text.encode())
+    def add_bytes(self, final: str, data: bytes) -> str:
+        """A file whose content is ``data``, published at ``final``."""
+        staging = self.staging_for(final, os.path.splitext(final)[1])
+        write_bytes_atomic(staging, data)
         return staging
+
+    def add_json(self, final: str, obj: Any) -> str:
+        return self.add_bytes(final, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
     def after_publish(self, action: Callable[[], None]) -> None:
         """Run ``action`` once everything is published (e.g. a Delta write, which is atomic alone)."""
