@@ -71,6 +71,9 @@ class NightlyConfig(StageConfig):
                         choices=tuple(STAGES))
     evaluate: bool = opt(True, "run the evaluation (SR-GNN against the baselines) and the model selection "
                                "after training (without it, stage 4 scores with this night's SR-GNN)")
+    warm_start: bool = opt(True, "start training from the SR-GNN published on the latest earlier night, where "
+                                 "one exists (its item rows carried over by item id; new items start fresh)")
+    warm_epochs: int = opt(0, "maximum epochs of a warm-started night (0: the train section's epochs)")
     fail_on_alert: bool = opt(False, "exit non-zero after publishing when the published model's MRR@20 fell "
                                      "below the median of the previous nights (see the select section)")
     spark_master: str = opt("", "Spark master (default local[*], or the one spark-submit gives)")
@@ -169,6 +172,8 @@ def run_nightly(cfg: NightlyConfig, spark=None) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t_all = time.time()
     for i, stage in enumerate(todo, 1):
+        if stage == "train" and cfg.warm_start:
+            configs[stage] = warm_started(spark, cfg, configs[stage])
         log.info("nightly %s: stage %d/%d %s", cfg.run_date, i, len(todo), stage)
         t0 = time.time()
         fn = stage_function(stage)
@@ -181,6 +186,20 @@ def run_nightly(cfg: NightlyConfig, spark=None) -> dict[str, Any]:
     summary["timings_s"] = timings
     print(format_summary(summary), flush=True)
     return {"results": results, "summary": summary}
+
+
+def warm_started(spark, cfg: NightlyConfig, train_cfg: StageConfig) -> StageConfig:
+    """The train config starting from the SR-GNN published on the latest earlier night, if any."""
+    from pipelines.select.job import previous_model_dir
+
+    if train_cfg.init_from:
+        return train_cfg
+    prev = previous_model_dir(TableStore(cfg.output, cfg.table_format), spark, cfg.run_date)
+    if prev is None or not exists(f"{prev}/{C.CONFIG_FILE}"):
+        return train_cfg
+    log.info("nightly %s: warm start from %s (%s epochs at most)", cfg.run_date, prev,
+             cfg.warm_epochs or train_cfg.epochs)
+    return train_cfg.replace(init_from=prev, epochs=cfg.warm_epochs or train_cfg.epochs)
 
 
 def summarize(spark, cfg: NightlyConfig, configs: dict[str, StageConfig]) -> dict[str, Any]:
@@ -214,6 +233,10 @@ def summarize(spark, cfg: NightlyConfig, configs: dict[str, StageConfig]) -> dic
                  "recommended": [(r.item_id, float(r.score), r.source) for r in shown if r.session_id == sid]}
                 for sid in ids]
 
+    selection = []
+    if store.exists(spark, "model_selection", cfg.run_date):
+        selection = [r.asDict() for r in store.read(spark, "model_selection", cfg.run_date)
+                     .drop("run_date").collect()]
     evaluation = []
     if "evaluation" in tables:
         ev = store.read(spark, "evaluation", cfg.run_date)
@@ -228,7 +251,8 @@ def summarize(spark, cfg: NightlyConfig, configs: dict[str, StageConfig]) -> dic
         "model_version": model_cfg.get("model_version"),
         "stats": stats_json if exists(stats_json) else None,
         "report": report if exists(report) else None,
-        "metrics": model_cfg.get("metrics", {}), "evaluation": evaluation, "examples": examples,
+        "metrics": model_cfg.get("metrics", {}), "evaluation": evaluation, "selection": selection,
+        "examples": examples,
     }
 
 
@@ -255,6 +279,11 @@ def format_summary(s: dict[str, Any]) -> str:
             by_model.setdefault(r["model"], {})[r["metric"]] = r["value"]
         for model, ms in by_model.items():
             lines.append(f"  {model:<12} " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in sorted(ms.items())))
+    if s.get("selection"):
+        lines.append("model selection (published first):")
+        for r in sorted(s["selection"], key=lambda r: not r["chosen"]):
+            lines.append(f"  {'PUBLISHED' if r['chosen'] else '         '} {r['candidate']:<10} {r['metric']} "
+                         f"{100 * r['value']:.2f}%  {r['reason']}")
     top = max((len(e["recommended"]) for e in s["examples"]), default=0)
     lines.append(f"recommendations of {len(s['examples'])} sessions (top {top}):")
     for e in s["examples"]:
