@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from srgnn.core import fs
 from srgnn.core.contracts import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from srgnn.core.errors import InputError
-from srgnn.core.fs import local_path, replace_dir_atomic
+from srgnn.core.fs import file_sha256, local_path, replace_dir_atomic
 from srgnn.core.log import get_logger
 from srgnn.model import SRGNN, ModelConfig
 
@@ -48,20 +48,12 @@ def weights_version(weights: bytes) -> str:
     return VERSION_PREFIX + hashlib.sha256(weights).hexdigest()[:12]
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_model(folder: str, model: SRGNN, extra: dict[str, Any] | None) -> dict[str, Any]:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, os.path.join(folder, WEIGHTS), metadata={"format": "pt"})
     config: dict[str, Any] = {"model": model.cfg.to_dict(), "n_items": model.cfg.n_items,
                               "max_len": model.cfg.max_len,
-                              "model_version": VERSION_PREFIX + _sha256(os.path.join(folder, WEIGHTS))[:12]}
+                              "model_version": VERSION_PREFIX + file_sha256(os.path.join(folder, WEIGHTS))[:12]}
     config.update(extra or {})
     with open(os.path.join(folder, CONFIG), "w") as fh:
         json.dump(config, fh, indent=2, sort_keys=True, default=str)

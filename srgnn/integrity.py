@@ -6,7 +6,6 @@ worse, silently wrong numbers.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -16,7 +15,7 @@ import torch
 
 from srgnn.core.contracts import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from srgnn.core.errors import InputError, PipelineError
-from srgnn.core.fs import fetch_dir, is_local, local_path, read_json
+from srgnn.core.fs import fetch_dir, file_sha256, is_local, local_path, read_json
 
 _VERSION = re.compile(r"^srgnn-([0-9a-f]{12})$")
 
@@ -24,14 +23,6 @@ _VERSION = re.compile(r"^srgnn-([0-9a-f]{12})$")
 def one_line(text: str) -> str:
     """``text`` with its line breaks folded, for an ``error: ...`` line."""
     return " ".join(str(text).split())
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_weights_version(config: dict[str, Any], weights_path: str, config_path: str) -> str:

@@ -128,20 +128,21 @@ def write_bytes_atomic(path: str, data: bytes) -> str:
         fs, rel = _fsspec(path)
         fs.pipe_file(rel, data)  # object stores publish a whole object on completion
         return path
-    target = local_path(path)
-    folder = os.path.dirname(target) or "."
-    makedirs(folder)
-    tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{token()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return write_file_atomic(path, lambda fh: fh.write(data))
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 (hex) of a file's bytes, read in blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if not is_local(path):
+        digest.update(read_bytes(path))
+        return digest.hexdigest()
+    with open(local_path(path), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomic(path: str, obj: Any) -> str:
@@ -156,7 +157,9 @@ def write_file_atomic(path: str, write: Callable[[Any], None]) -> str:
 
         buf = io.BytesIO()
         write(buf)
-        return write_bytes_atomic(path, buf.getvalue())
+        fs, rel = _fsspec(path)
+        fs.pipe_file(rel, buf.getvalue())  # object stores publish a whole object on completion
+        return path
     target = local_path(path)
     folder = os.path.dirname(target) or "."
     makedirs(folder)
