@@ -80,21 +80,30 @@ class RunLock:
         if not is_local(self.path):
             return self._acquire_lease()
         path = local_path(self.path)
+        self._made = [d for d in (os.path.dirname(os.path.dirname(path)), os.path.dirname(path))
+                      if not os.path.isdir(d)]   # removed again on release when left empty
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fh = open(path, "a+")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            text = fh.read().strip()
-            fh.close()
+        while True:
+            fh = open(path, "a+")
             try:
-                h = json.loads(text)
-                who = f"host {h['host']} pid {h['pid']} since {h['started']}"
-            except (ValueError, KeyError, TypeError):
-                who = "another process"
-            raise LockHeld(f"{self.stage} for run_date={self.run_date} is already running ({who}); "
-                           f"lock {self.path}") from None
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                text = fh.read().strip()
+                fh.close()
+                try:
+                    h = json.loads(text)
+                    who = f"host {h['host']} pid {h['pid']} since {h['started']}"
+                except (ValueError, KeyError, TypeError):
+                    who = "another process"
+                raise LockHeld(f"{self.stage} for run_date={self.run_date} is already running ({who}); "
+                               f"lock {self.path}") from None
+            try:  # the holder before us removes the file on release: lock the file that is there now
+                if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            fh.close()
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps(_holder()) + "\n")
@@ -138,10 +147,15 @@ class RunLock:
                 self._lease = None
         if self._fh is not None:
             fh, self._fh = self._fh, None
-            fh.seek(0)
-            fh.truncate()
+            path = local_path(self.path)
+            os.unlink(path)   # before unlocking: a waiter that opened it re-checks the inode
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             fh.close()
+            for folder in reversed(getattr(self, "_made", [])):   # what acquire created, if empty
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    pass
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -159,6 +173,14 @@ class _Move:
     def trash(self) -> str:
         parent, name = self.staging.rsplit("/", 1)
         return f"{parent}/_trash-{name[len('_staging-'):]}"
+
+
+def _remove_if_empty(folder: str) -> None:
+    if is_local(folder):
+        try:
+            os.rmdir(local_path(folder))
+        except OSError:
+            pass
 
 
 def _apply(move: _Move) -> None:
@@ -230,6 +252,7 @@ class RunCommit:
             faults.point(f"{self.stage}:publish:{i}")
             _apply(move)
         fs.remove_tree(self.journal_path())
+        _remove_if_empty(self.journal_path().rsplit("/", 1)[0])
         faults.point(f"{self.stage}:after_publish")
         for action in self._after:
             action()
