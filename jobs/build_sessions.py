@@ -7,9 +7,11 @@
 Options (see --help or pipelines.sessions.SessionsConfig): --min-item-support (5),
 --min-session-length (2), --split-days (7 diginetica / 1 yoochoose, events), --inclusive-split,
 --fraction (1/64, 1/4: recorded for stage 2), events: --gap-minutes (30), --event-types,
---user-col/--time-col/--item-col/--type-col, --input-format {csv,json,parquet}, --delimiter,
---time-unit; --table-format {parquet,delta}; --allow-empty; --config FILE reads a YAML file
-(section ``build_sessions``), command-line flags win.
+--user-col/--time-col/--item-col/--type-col, --input-format {csv,json,parquet,delta,table}
+(``table``: --input is a catalog table name), --delimiter, --time-unit; parquet/delta/table:
+--window-days (30: the events of the N days up to the run date; 0 = all), --date-col (the
+partition date column the window filters on); --table-format {parquet,delta}; --allow-empty;
+--config FILE reads a YAML file (section ``build_sessions``), command-line flags win.
 
 Writes OUT/{sessions,item_vocab,quarantine}/run_date=D and OUT/stats/run_date=D/build_sessions.json,
 and prints the stats. A bad path or columns, or an input that leaves no session: one line
@@ -28,7 +30,8 @@ from pipelines.spark import get_spark  # noqa: E402
 
 def main(argv=None) -> None:
     cfg = SessionsConfig.from_args(argv, prog="build_sessions.py")
-    spark = get_spark("srgnn-build-sessions", table_format=cfg.table_format)
+    reads_delta = cfg.format == "events" and cfg.input_format == "delta"
+    spark = get_spark("srgnn-build-sessions", table_format="delta" if reads_delta else cfg.table_format)
     stats = build_sessions(spark, cfg)
     print(json.dumps(stats, indent=2, sort_keys=True), flush=True)
 

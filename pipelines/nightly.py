@@ -64,6 +64,12 @@ class NightlyConfig(StageConfig):
     format: str = opt("diginetica", "input format", choices=("diginetica", "yoochoose", "events"))
     output: str = opt("out/sample", "table root OUT: every table, the shards and the model go under it")
     run_date: str = opt("2016-06-01", "run date YYYY-MM-DD (one partition of every table)")
+    input_format: str | None = opt(None, "events: stage 1's --input-format (default: the YAML's or csv)",
+                                   choices=("csv", "json", "parquet", "delta", "table"))
+    window_days: int | None = opt(None, "events from parquet/delta/table: stage 1's --window-days "
+                                        "(default: the YAML's or 30)")
+    date_col: str | None = opt(None, "events from parquet/delta/table: stage 1's --date-col "
+                                      "(the partition date column)")
     table_format: str = opt("parquet", "table format", choices=FORMATS)
     stage_config: str = opt(str(SAMPLE_CONFIG), "YAML with a section per stage; --config FILE sets it "
                             "(and reads this config's own options from its 'nightly' section)")
@@ -138,7 +144,8 @@ def stage_configs(cfg: NightlyConfig, stages: Sequence[str] | None = None) -> di
     options that every stage shares."""
     sections = read_stage_sections(cfg.stage_config)
     shared = {"output": cfg.output, "run_date": cfg.run_date, "table_format": cfg.table_format}
-    per_stage = {"build_sessions": {"input": cfg.input, "format": cfg.format}}
+    window = {k: getattr(cfg, k) for k in ("input_format", "window_days", "date_col") if getattr(cfg, k) is not None}
+    per_stage = {"build_sessions": {"input": cfg.input, "format": cfg.format, **window}}
     if cfg.fail_on_alert:
         per_stage["select"] = {"fail_on_alert": True}
     out: dict[str, StageConfig] = {}

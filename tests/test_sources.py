@@ -113,7 +113,8 @@ def test_events_json_and_parquet_inputs(spark, tmp_path):
     pq = tmp_path / "events_parquet"
     spark.createDataFrame([(r["user_id"], str(r["timestamp"]), r["item_id"]) for r in good],
                           "user string, ts string, item long").coalesce(1).write.parquet(str(pq))
-    cfg = cfg.replace(input=str(pq), input_format="parquet", user_col="user", time_col="ts", item_col="item")
+    cfg = cfg.replace(input=str(pq), input_format="parquet", window_days=0, user_col="user", time_col="ts",
+                      item_col="item")
     rows, counts = parsed_rows(spark, cfg)
     assert counts == {None: 2, "empty_user_id": 1}
     bad = [r for r in rows if r.reason]

@@ -1,16 +1,19 @@
 """Stage 1's configuration: :class:`SessionsConfig` (every option of jobs/build_sessions.py)."""
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from fractions import Fraction
 
 from srgnn.core.config import StageConfig, opt
 from srgnn.core.contracts import TABLE_FORMATS
-from srgnn.core.dates import check_run_date
+from srgnn.core.dates import DAY_S, check_run_date, parse_run_date
 from srgnn.core.errors import ConfigError
 
 FORMATS = ("diginetica", "yoochoose", "events")
 DEFAULT_SPLIT_DAYS = {"diginetica": 7, "yoochoose": 1, "events": 1}
+INPUT_FORMATS = ("csv", "json", "parquet", "delta", "table")
+TABLE_INPUTS = ("parquet", "delta", "table")   # events read as one table: the window applies
 
 
 @dataclass
@@ -35,7 +38,13 @@ class SessionsConfig(StageConfig):
     time_col: str = opt("timestamp", "events: timestamp column")
     item_col: str = opt("item_id", "events: item id column")
     type_col: str = opt("event_type", "events: event type column (optional in the data)")
-    input_format: str = opt("csv", "events: file format", choices=("csv", "json", "parquet"))
+    input_format: str = opt("csv", "events: file format, or a table: parquet/delta path, 'table' = --input is a "
+                                   "catalog table name (spark.table)", choices=INPUT_FORMATS)
+    window_days: int = opt(30, "events from parquet/delta/table: read only the events of the N days up to "
+                               "the run date (UTC); 0 = the whole table")
+    date_col: str = opt("", "events from parquet/delta/table: a date column the table is partitioned by "
+                            "(UTC day); the window filters on it so that only its partitions are read "
+                            "(default: filter on --time-col)")
     delimiter: str = opt(",", "events/csv: field delimiter")
     time_unit: str = opt("auto", "events: timestamps as ISO-8601 or epoch s/ms",
                          choices=("auto", "iso", "s", "ms"))
@@ -57,9 +66,26 @@ class SessionsConfig(StageConfig):
         if not self.delimiter:
             raise ConfigError("option --delimiter must not be empty")
         parse_fraction(self.fraction)
+        if self.window_days < 0:
+            raise ConfigError("option --window-days must be >= 0 (0 = the whole table)")
+        if self.input_format in ("delta", "table") and self.format != "events":
+            raise ConfigError(f"option --input-format {self.input_format} needs --format events")
 
     def effective_split_days(self) -> int:
         return self.split_days if self.split_days is not None else DEFAULT_SPLIT_DAYS[self.format]
+
+    def windowed(self) -> bool:
+        """True when only the events of ``window_days`` days up to the run date are read."""
+        return self.format == "events" and self.input_format in TABLE_INPUTS and self.window_days > 0
+
+    def window(self) -> tuple[dt.date, int, int]:
+        """The window's first day and its bounds in Unix seconds: ``[start, end)`` = the UTC days
+        ``run_date - window_days + 1 .. run_date`` (events from ``end`` on are quarantined as
+        ``future_timestamp``, not dropped)."""
+        last = parse_run_date(self.run_date)
+        first = last - dt.timedelta(days=self.window_days - 1)
+        epoch = dt.date(1970, 1, 1)
+        return first, (first - epoch).days * DAY_S, ((last - epoch).days + 1) * DAY_S
 
 
 def parse_fraction(text: str | float) -> float:

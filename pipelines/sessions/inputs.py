@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import DateType, StringType
 
-from pipelines.sessions import sources
-from pipelines.sessions.config import SessionsConfig
+from pipelines.sessions import sources, transforms
+from pipelines.sessions.config import TABLE_INPUTS, SessionsConfig
+from pipelines.spark import require_delta
 from pipelines.tables import hadoop_fs
 from srgnn.core.errors import InputError
 from srgnn.core.log import get_logger
@@ -86,6 +89,8 @@ def describe_expected(fmt: str, cols: sources.EventColumns | None = None, delimi
     names = cols.required() + ([f"optional {cols.type}"] if cols.type else [])
     if input_format == "csv":
         return f"a {delimiter!r}-separated events file with a header naming columns " + ", ".join(names)
+    if input_format == "table":
+        return "a catalog table of events with columns " + ", ".join(names)
     return f"{input_format} events with columns " + ", ".join(names)
 
 
@@ -106,6 +111,8 @@ def read_parsed(spark: SparkSession, cfg: SessionsConfig) -> DataFrame:
     """
     cols = sources.EventColumns(cfg.user_col, cfg.time_col, cfg.item_col, cfg.type_col or None)
     expected = describe_expected(cfg.format, cols, cfg.delimiter, cfg.input_format)
+    if cfg.format == "events" and cfg.input_format in TABLE_INPUTS:
+        return _read_events_table(spark, cfg, cols, expected)
     files = list_input_files(spark, cfg.input, expected)
     log.info("reading %d %s file(s) from %s", len(files), cfg.format, cfg.input)
     if cfg.format == "diginetica":
@@ -121,18 +128,56 @@ def read_parsed(spark: SparkSession, cfg: SessionsConfig) -> DataFrame:
                              f"found {header}")
         parsed = sources.events_csv_clicks(sources.raw_lines(spark, files), header, cols,
                                            cfg.delimiter, cfg.time_unit)
-    elif cfg.input_format == "json":
+    else:
         _check_json_keys(spark, files, cols, cfg.event_types, expected)
         parsed = sources.events_json_clicks(sources.raw_lines(spark, files), cols, cfg.time_unit)
-    else:
-        frame = spark.read.parquet(*files)
-        missing = [c for c in cols.required() + ([cols.type] if cfg.event_types else [])
-                   if c not in frame.columns]
-        if missing:
-            raise InputError(f"input path {cfg.input}: columns {missing} not found "
-                             f"(has {frame.columns}); expected {expected}")
-        parsed = sources.events_frame_clicks(frame, cols, cfg.time_unit)
     return parsed
+
+
+def read_events_frame(spark: SparkSession, cfg: SessionsConfig, expected: str) -> DataFrame:
+    """The events table named by ``--input``: a Parquet folder (partition columns included), a
+    Delta path, or a catalog table or view (``spark.table``). InputError when it is missing."""
+    if cfg.input_format == "parquet":
+        list_input_files(spark, cfg.input, expected)   # a clear error for a missing or empty path
+        return spark.read.parquet(cfg.input)
+    if not cfg.input:
+        raise InputError(f"no input given; expected {expected}")
+    try:
+        if cfg.input_format == "delta":
+            require_delta(spark)   # EnvironmentProblem naming the missing jars
+            return spark.read.format("delta").load(cfg.input)
+        return spark.table(cfg.input)
+    except AnalysisException as exc:
+        what = "Delta table" if cfg.input_format == "delta" else "table"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot read {what} {cfg.input}: {first}; expected {expected}") from None
+
+
+def _read_events_table(spark: SparkSession, cfg: SessionsConfig, cols: sources.EventColumns,
+                       expected: str) -> DataFrame:
+    """Parsed events of a table input, only those of the window (:meth:`SessionsConfig.window`)
+    unless ``--window-days 0``: filtered on ``--date-col`` (partition pruning) when given, else on
+    the time column (before parsing when it is a timestamp: the reader skips row groups)."""
+    frame = read_events_frame(spark, cfg, expected)
+    need = cols.required() + ([cols.type] if cfg.event_types else []) + ([cfg.date_col] if cfg.date_col else [])
+    missing = [c for c in need if c not in frame.columns]
+    if missing:
+        raise InputError(f"input {cfg.input}: columns {missing} not found "
+                         f"(has {frame.columns}); expected {expected}")
+    if cfg.date_col and not isinstance(frame.schema[cfg.date_col].dataType, (DateType, StringType)):
+        raise InputError(f"input {cfg.input}: --date-col {cfg.date_col} is "
+                         f"{frame.schema[cfg.date_col].dataType.simpleString()}, not a date or YYYY-MM-DD text")
+    if not cfg.windowed():
+        log.info("reading the whole %s table %s", cfg.input_format, cfg.input)
+        return sources.events_frame_clicks(frame, cols, cfg.time_unit)
+    first_day, start_s, _ = cfg.window()
+    log.info("reading %s table %s from %s on (%d days up to %s, by %s)", cfg.input_format, cfg.input,
+             first_day, cfg.window_days, cfg.run_date, cfg.date_col or cfg.time_col)
+    if cfg.date_col:
+        return sources.events_frame_clicks(transforms.events_from_day(frame, cfg.date_col, first_day),
+                                           cols, cfg.time_unit)
+    frame = transforms.events_from_time(frame, cols.time, start_s)
+    return transforms.parsed_from_time(sources.events_frame_clicks(frame, cols, cfg.time_unit), start_s)
 
 
 def _check_text_header(spark, files, delimiter, required, expected) -> list[str]:

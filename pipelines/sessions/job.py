@@ -76,6 +76,16 @@ def run_end_s(run_date: str) -> int:
     return (day - dt.date(1970, 1, 1)).days * DAY_S + DAY_S
 
 
+def _window_stats(cfg: SessionsConfig) -> dict:
+    """The window read from a table input (nulls when the whole input is read). The rows before
+    the window are not read (pruned partitions, skipped row groups), so not counted either."""
+    if not cfg.windowed():
+        return {"window_days": None, "window_start": None, "window_end": None, "rows_outside_window": None}
+    _, start_s, end_s = cfg.window()
+    return {"window_days": cfg.window_days, "window_start": _iso(start_s, "events"),
+            "window_end": _iso(end_s, "events"), "rows_outside_window": None}
+
+
 def _row(df: DataFrame, *aggs) -> dict:
     return df.agg(*aggs).collect()[0].asDict()
 
@@ -254,6 +264,7 @@ def _build_sessions(spark: SparkSession, cfg: SessionsConfig, commit: RunCommit)
             "min_session_length": min_len,
             "gap_minutes": cfg.gap_minutes if cfg.format == "events" else None,
             "event_types": list(cfg.event_types) if cfg.format == "events" else None,
+            **_window_stats(cfg),
             "seconds": round(time.perf_counter() - t_start, 2),
             "step_seconds": timings,
             "step_driver_jvm_cpu_seconds": cpu,   # local mode: the executors' work too

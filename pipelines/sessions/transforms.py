@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import DateType, TimestampType
 
 from pipelines.sessions.config import SessionsConfig
 from pipelines.sessions.sources import HEADER_MARKER
@@ -58,6 +59,32 @@ def with_future_quarantined(parsed: DataFrame, end_s: int) -> DataFrame:
     t_ms = F.col("ts_ms") if "ts_ms" in parsed.columns else F.col("time_s") * 1000
     future = F.col("reason").isNull() & (t_ms >= F.lit(int(end_s) * 1000))
     return parsed.withColumn("reason", F.when(future, F.lit("future_timestamp")).otherwise(F.col("reason")))
+
+
+def events_from_day(frame: DataFrame, date_col: str, first_day) -> DataFrame:
+    """Rows whose ``date_col`` (a date, or ``YYYY-MM-DD`` text) is ``first_day`` or later, or null.
+    A filter on the partition column alone: Spark reads only the partitions it keeps."""
+    bound = F.lit(first_day) if isinstance(frame.schema[date_col].dataType, DateType) \
+        else F.lit(first_day.isoformat())
+    c = F.col(f"`{date_col}`")
+    return frame.where(c.isNull() | (c >= bound))
+
+
+def events_from_time(frame: DataFrame, time_col: str, start_s: int) -> DataFrame:
+    """Rows whose ``time_col`` is at or after ``start_s`` (Unix seconds), or null, when the column
+    is a timestamp (a filter the Parquet reader applies to its row groups); other column types
+    are filtered after parsing (:func:`parsed_from_time`)."""
+    if not isinstance(frame.schema[time_col].dataType, TimestampType):
+        return frame
+    c = F.col(f"`{time_col}`")
+    return frame.where(c.isNull() | (c >= F.timestamp_seconds(F.lit(int(start_s)))))
+
+
+def parsed_from_time(parsed: DataFrame, start_s: int) -> DataFrame:
+    """Parsed events at or after ``start_s`` (Unix seconds); rows without a time stay (they are
+    quarantined with their reason)."""
+    t = F.col("ts_ms")
+    return parsed.where(t.isNull() | (t >= F.lit(int(start_s) * 1000)))
 
 
 def raw_only_when_quarantined(parsed: DataFrame) -> DataFrame:
