@@ -259,7 +259,7 @@ def _petastorm_filesystem(folder: str):
         def walk(self, path, refresh=False):
             path = path.rstrip("/")
             dirs, files = [], []
-            for entry in self.fs.ls(path, detail=True, refresh=refresh):
+            for entry in self.fs.ls(path, detail=True, refresh=True):  # never a cached listing
                 name = posixpath.basename(entry["name"].rstrip("/"))
                 (dirs if entry["type"] == "directory" else files).append(name)
             yield path, sorted(dirs), sorted(files)

@@ -347,7 +347,8 @@ def _train(model, cfg, data, ctx, checkpoint_dir, meta, on_start, on_epoch_end) 
             scheduler_state=scheduler.state_dict(), epochs_done=epochs_done, step_in_epoch=step_in_epoch,
             global_step=state.global_step, early_stop=state.early_stop_dict(), history=state.history,
             meta=meta, epoch_accum=epoch_accum)
-        path = ckpt.save_atomic(obj, ckpt.checkpoint_path(checkpoint_dir, ckpt.checkpoint_name(epochs_done, step_in_epoch)))
+        name = ckpt.checkpoint_name(epochs_done, step_in_epoch)
+        path = ckpt.save_atomic(obj, ckpt.checkpoint_path(checkpoint_dir, name))
         ckpt.prune_checkpoints(checkpoint_dir, cfg.keep_checkpoints)
         log.info("checkpoint %s", path)
 

@@ -26,6 +26,7 @@ from srgnn.core.errors import InputError
 from srgnn.core.layout import Layout
 from srgnn.export import load_model, save_model
 from srgnn.model import SRGNN, ModelConfig
+from pipelines.train.job import warm_start_from
 from tests.s3server import s3_bucket
 
 pytestmark = pytest.mark.slow
@@ -180,6 +181,11 @@ def test_republished_and_half_published_models_on_s3(tmp_path):
         reloaded, config = scoring.cached_model(model_dir)          # config.json changed: loaded again
         assert reloaded is not model and config["model_version"] == second["model_version"]
         assert torch.equal(reloaded.embedding.weight, _small_model(1.0).embedding.weight)
+
+        # --init-from an export on the object store
+        fresh = SRGNN(ModelConfig(n_items=12, hidden_size=8))
+        assert warm_start_from(fresh, model_dir, 12, None)["reused_items"] == 12
+        assert torch.equal(fresh.embedding.weight, reloaded.embedding.weight)
 
         # weights of one version under the config.json of another: one clear error, not a model
         save_model(str(tmp_path / "old"), _small_model(0.0))

@@ -61,7 +61,8 @@ class TrainJobConfig(StageConfig):
     eval_test: bool = opt(True, help="also evaluate the test split every epoch (reported, never used to select)")
     progress: bool = opt(True, help="tqdm bar per epoch on rank 0")
     # ---- tracking -------------------------------------------------------------------------
-    mlflow_tracking_uri: str = opt("", help="MLflow tracking URI; '' = $MLFLOW_TRACKING_URI or file:OUT/mlruns; 'none' = off")
+    mlflow_tracking_uri: str = opt("", help="MLflow tracking URI; '' = $MLFLOW_TRACKING_URI or file:OUT/mlruns "
+                                            "(file:./mlruns for an object-store OUT); 'none' = off")
     mlflow_experiment: str = opt("srgnn", help="MLflow experiment name (an absolute path on Databricks)")
 
     def validate(self) -> None:

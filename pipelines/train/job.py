@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Any
 
 import torch
@@ -114,6 +115,15 @@ def mlflow_default_root(cfg: TrainJobConfig, announce: bool = False) -> str:
     return root
 
 
+def warm_start_from(model: SRGNN, init_from: str, n_items: int, vocab: Any | None) -> dict[str, Any]:
+    """:func:`srgnn.warm_start.warm_start` from an export on any root (object stores: a local copy)."""
+    if fs.is_local(init_from):
+        return warm_start(model, init_from, n_items, vocab)
+    with tempfile.TemporaryDirectory(prefix="srgnn-init-from-") as tmp:
+        log.info("--init-from %s: reading a local copy", init_from)
+        return warm_start(model, fs.fetch_dir(init_from, tmp), n_items, vocab)
+
+
 def build_model(cfg: TrainJobConfig, n_items: int, max_len: int) -> SRGNN:
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     wanted = {"n_items": n_items, "max_len": max_len, **cfg.model_options()}
@@ -191,7 +201,7 @@ def _run(cfg: TrainJobConfig, manifest: dict[str, Any], ctx: DistContext, tracke
     loop = cfg.loop_config()
     model = build_model(cfg, n_items, max_len)
     vocab = read_item_vocab(cfg)
-    warm = warm_start(model, cfg.init_from, n_items, vocab) if cfg.init_from else {}
+    warm = warm_start_from(model, cfg.init_from, n_items, vocab) if cfg.init_from else {}
     model.to(ctx.device)
     meta = {"manifest_hash": manifest_hash, "n_items": n_items, "max_len": max_len,
             "model": json.dumps({k: v for k, v in cfg.model_options().items() if k != "static_shapes"},
