@@ -176,7 +176,7 @@ def test_a_chosen_baseline_writes_the_scorers_own_top_k(spark, sample_stage2, tm
     k = 10
     stats = recommend(spark, RecommendConfig(output=str(out), run_date=run_date, k=k, batch_size=7))
     assert (stats["model"], stats["model_version"], stats["model_dir"]) == ("vsknn", f"vsknn@{run_date}", None)
-    assert stats["sessions_model"] > 50 and stats["sessions_popular"] == 0
+    assert stats["sessions_model"] > 30 and stats["sessions_popular"] == 0
 
     # the same fit as the evaluation's, then the scorer alone on the test sessions' prefixes
     store = TableStore(str(out))
