@@ -210,7 +210,7 @@ def test_recommend_scores_the_test_split_like_the_model_and_reruns_idempotently(
     table = TableStore(small_out["output"]).read(spark, "recommendations", RUN_DATE)
     assert [(f.name, f.dataType.simpleString()) for f in table.schema.fields] == [
         ("session_id", "string"), ("rank", "int"), ("item_id", "string"), ("score", "float"),
-        ("model_version", "string"), ("source", "string"), ("run_date", "date")]
+        ("model_version", "string"), ("source", "string"), ("model", "string"), ("run_date", "date")]
     test_sessions = [s for s in small_out["sessions"] if s[1] == "test"]
     got = table_by_session(spark, small_out["output"])
     assert sorted(got) == sorted(s[0] for s in test_sessions)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from srgnn.baselines import BASELINES, BaselineParams
 from srgnn.core.config import StageConfig, opt
 from srgnn.core.contracts import RECOMMENDATIONS
 from srgnn.core.errors import ConfigError
@@ -12,6 +13,11 @@ TABLE = RECOMMENDATIONS
 SOURCE_MODEL = "model"
 SOURCE_POPULAR = "popular"
 SOURCE_FORMATS = ("parquet", "delta", "orc", "json", "table")
+MODEL_COLUMN = "model"            # the candidate that scored the row: srgnn, previous, vsknn, ...
+AUTO = "auto"
+SRGNN = "srgnn"                   # tonight's export, OUT/models/run_date=D
+PREVIOUS = "previous"             # the SR-GNN export published on an earlier night
+MODEL_NAMES = (AUTO, SRGNN, PREVIOUS, *BASELINES)
 
 
 @dataclasses.dataclass
@@ -24,7 +30,12 @@ class RecommendConfig(StageConfig):
                       required=True)
     run_date: str = opt(None, "run date YYYY-MM-DD", required=True)
     table_format: str = opt("parquet", "table format", choices=("parquet", "delta"))
-    model_dir: str = opt("", "exported model folder (default OUT/models/run_date=D)")
+    model_name: str = opt(AUTO, "the model that scores: 'auto' (the chosen candidate of table "
+                                "model_selection for the run date, else srgnn), 'srgnn' (tonight's "
+                                "export), 'previous' (the SR-GNN published on an earlier night) or a "
+                                "baseline", choices=MODEL_NAMES)
+    model_dir: str = opt("", "exported model folder (default OUT/models/run_date=D; for 'previous': "
+                             "the export the earlier selections published)")
     sessions: str = opt("", "sessions to score: a path or table name with a session id and ordered "
                             "item ids (default: stage 1's sessions table of the run date)")
     sessions_format: str = opt("parquet", "format of --sessions ('table' = a catalog table name)",
@@ -45,6 +56,15 @@ class RecommendConfig(StageConfig):
                                 "locally, spark.task.cpus on a cluster)")
     partitions: int = opt(0, "scoring partitions (0 = Spark's default parallelism)")
     check_manifest: bool = opt(True, "check the model's manifest hash against the run date's shards")
+    # the baselines' fit: keep these equal to the evaluation's (jobs/evaluate.py) options
+    knn_neighbours: int = opt(BaselineParams.knn_neighbours, "item-kNN: neighbours kept per item (>= k)")
+    knn_lambda: float = opt(BaselineParams.knn_lambda, "item-kNN: shrinkage added to the cosine denominator")
+    knn_alpha: float = opt(BaselineParams.knn_alpha, "item-kNN: supp(i)^alpha * supp(j)^(1-alpha)")
+    sr_rules: int = opt(BaselineParams.sr_rules, "SR: rules kept per item (>= k)")
+    vsknn_k: int = opt(BaselineParams.vsknn_k, "V-SKNN: neighbour sessions that vote")
+    vsknn_sample: int = opt(BaselineParams.vsknn_sample, "V-SKNN: most recent candidate sessions considered")
+    vsknn_score_decay: str = opt(BaselineParams.vsknn_score_decay, "V-SKNN: 'div' or 'same'",
+                                 choices=("div", "same"))
 
     def validate(self) -> None:
         super().validate()
@@ -56,6 +76,11 @@ class RecommendConfig(StageConfig):
                 raise ConfigError(f"option --{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.device and not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"option --device: {self.device!r} is not auto, cpu, cuda or cuda:N")
+
+    def baseline_params(self) -> BaselineParams:
+        return BaselineParams(knn_neighbours=self.knn_neighbours, knn_lambda=self.knn_lambda,
+                              knn_alpha=self.knn_alpha, sr_rules=self.sr_rules, vsknn_k=self.vsknn_k,
+                              vsknn_sample=self.vsknn_sample, vsknn_score_decay=self.vsknn_score_decay)
 
     def resolved_model_dir(self) -> str:
         if self.model_dir:

@@ -4,6 +4,10 @@ Scoring runs in the executors as an Arrow batch UDF (``DataFrame.mapInArrow``: t
 batches as ``mapInPandas`` without a pandas round-trip, so no per-row Python at all). The model
 travels by path: each worker loads it once (``srgnn.scoring.cached_model``) and scores its batches
 in chunks of ``batch_size`` on the GPU Spark gave the task, or any visible GPU, or CPU.
+
+A baseline (:mod:`srgnn.baselines`) scores the same Arrow batches on the CPU: its fitted scorer
+(numpy arrays, fitted once in the driver) travels as a Spark broadcast, and each worker ranks the
+scorer's ``[batch, n_items]`` matrices with the metrics' order (:func:`srgnn.metrics.ranked_top_k`).
 """
 from __future__ import annotations
 
@@ -45,13 +49,71 @@ def make_partition_scorer(model_dir: str, k: int, max_len: int, batch_size: int,
                 ngc_w = batch.column("ngc_w").flatten().to_numpy(zero_copy_only=False).reshape(n, max_len)
             idx, val = score_arrays(model, items, lengths, k, batch_size=batch_size, device=dev,
                                     ngc_w=ngc_w, exclude_seen=exclude_seen, name=f"model {model_dir}")
-            kk = idx.shape[1]
-            offsets = pa.array(np.arange(0, n * kk + 1, kk, dtype=np.int32))
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("session_id"),
-                 pa.ListArray.from_arrays(offsets, pa.array(idx.reshape(-1), type=pa.int32())),
-                 pa.ListArray.from_arrays(offsets, pa.array(val.reshape(-1), type=pa.float32()))],
-                names=["session_id", "item_idx", "score"])
+            yield scored_batch(batch.column("session_id"), idx, val)
+
+    return score_partition
+
+
+def scored_batch(session_ids, idx, val):
+    """One output Arrow batch: (session_id, item_idx[k'], score[k']) from [n, k'] arrays."""
+    import numpy as np
+    import pyarrow as pa
+
+    n, kk = idx.shape
+    offsets = pa.array(np.arange(0, n * kk + 1, kk, dtype=np.int32))
+    return pa.RecordBatch.from_arrays(
+        [session_ids,
+         pa.ListArray.from_arrays(offsets, pa.array(np.asarray(idx, dtype=np.int32).reshape(-1), type=pa.int32())),
+         pa.ListArray.from_arrays(offsets, pa.array(np.asarray(val, dtype=np.float32).reshape(-1), type=pa.float32()))],
+        names=["session_id", "item_idx", "score"])
+
+
+def baseline_top_k(scorer, items, lengths, k: int, batch_size: int, exclude_seen: bool):
+    """A fitted baseline's top ``k`` of right-padded ``items`` [N, L]: int32 item indices (1-based)
+    and float32 scores [N, k'], ranked as :func:`srgnn.metrics.ranked_top_k` ranks (score desc,
+    then smaller index). The same function scores inside Spark and in tests without Spark."""
+    import numpy as np
+    import torch
+
+    from srgnn.metrics import ranked_top_k
+    from srgnn.scoring import mask_seen
+
+    n = int(items.shape[0])
+    kk = min(k, scorer.n_items)
+    out_idx, out_val = [np.zeros((0, kk), np.int32)], [np.zeros((0, kk), np.float32)]
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            b_items = torch.from_numpy(np.ascontiguousarray(items[start:stop], dtype=np.int64))
+            b_len = torch.from_numpy(np.ascontiguousarray(lengths[start:stop], dtype=np.int64))
+            scores = scorer.score(b_items, b_len)
+            if exclude_seen:
+                scores = mask_seen(scores, b_items)
+            val, cols = ranked_top_k(scores, k)
+            out_idx.append((cols + 1).to(torch.int32).numpy())
+            out_val.append(val.to(torch.float32).numpy())
+    return np.concatenate(out_idx), np.concatenate(out_val)
+
+
+def make_baseline_partition_scorer(fitted, k: int, max_len: int, batch_size: int, exclude_seen: bool,
+                                   torch_threads: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """The mapInArrow function of a baseline: ``fitted`` is a Spark broadcast of the fitted
+    :class:`srgnn.baselines.Scorer`; same input and output batches as :func:`make_partition_scorer`."""
+
+    def score_partition(batches):
+        import torch
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        scorer = fitted.value                      # once per Python worker (Spark caches broadcasts)
+        for batch in batches:
+            n = batch.num_rows
+            if n == 0:
+                continue
+            items = batch.column("items").flatten().to_numpy(zero_copy_only=False).reshape(n, max_len)
+            lengths = batch.column("length").to_numpy(zero_copy_only=False)
+            idx, val = baseline_top_k(scorer, items, lengths, k, batch_size, exclude_seen)
+            yield scored_batch(batch.column("session_id"), idx, val)
 
     return score_partition
 

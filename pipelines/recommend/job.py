@@ -1,11 +1,16 @@
 """Stage 4: nightly top-k recommendations per session, scored inside Spark (the job).
 
+    model (--model-name; auto: the run date's model_selection): srgnn | previous | a baseline
     sessions (stage 1, or any table/path with a session id and ordered item ids)
-      -> session_clicks -> clicks_with_item_index (join with item_vocab) -> session_item_indices
+      -> session_clicks -> clicks_with_item_index (join with the model's vocabulary) -> session_item_indices
       -> sessions with known items:  padded_sessions -> mapInArrow(score_partitions) -> explode_top_k
                                       -> with_item_ids                               source 'model'
       -> sessions with no known item: popular_recommendations                      source 'popular'
       -> table ``recommendations`` (OUT/recommendations/run_date=D/, replaced on rerun)
+
+The model's vocabulary is tonight's ``item_vocab`` for ``srgnn`` and the baselines, and the
+export's own ``item_vocab.parquet`` for ``previous`` (an earlier night's item indices). Which model
+and which folder: :mod:`pipelines.recommend.models`, which also fits a baseline.
 
 The transforms are in :mod:`pipelines.recommend.transforms`, the scoring inside the executors in
 :mod:`pipelines.recommend.executor`; nothing is collected to the driver except counts.
@@ -21,18 +26,20 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.recommend.config import (SOURCE_MODEL, SOURCE_POPULAR, TABLE, RecommendConfig,
+from pipelines.recommend.config import (PREVIOUS, SOURCE_MODEL, SOURCE_POPULAR, SRGNN, TABLE, RecommendConfig,
                                         ShowRecommendationsConfig)
-from pipelines.recommend.executor import default_torch_threads, make_partition_scorer
-from pipelines.recommend.transforms import (clicks_with_item_index, model_recommendations,
+from pipelines.recommend.executor import (default_torch_threads, make_baseline_partition_scorer,
+                                          make_partition_scorer)
+from pipelines.recommend.models import fit_baseline, resolve_model, srgnn_model_dir
+from pipelines.recommend.transforms import (clicks_with_item_index, export_vocabulary, model_recommendations,
                                             ngc_transition_weights, padded_sessions,
                                             popular_recommendations, session_clicks, session_counts,
                                             session_item_indices, sessions_to_score, with_item_ids)
 from pipelines.tables import TableStore
-from srgnn.core.contracts import CONFIG_FILE, ITEM_GRAPH, ITEM_VOCAB, SESSIONS, STATS_RECOMMEND
+from srgnn.core.contracts import CONFIG_FILE, ITEM_GRAPH, ITEM_VOCAB, SESSIONS, STATS_RECOMMEND, VOCAB_FILE
 from srgnn.core.errors import InputError, PipelineError
 from srgnn.core.commit import RunCommit, complete_pending
-from srgnn.core.fs import local_path, read_json
+from srgnn.core.fs import file_url, local_path, read_json
 from srgnn.core.layout import Layout, partition_name
 from srgnn.core.log import get_logger
 from srgnn.integrity import NonFiniteScores, check_export, check_model_matches_manifest
@@ -64,6 +71,34 @@ def check_model_matches_run_date(config: dict[str, Any], model_dir: str, vocab: 
     return info
 
 
+def check_baseline_matches_run_date(n_items: int, vocab: DataFrame, store: TableStore, run_date: str) -> dict[str, Any]:
+    """A baseline fitted on the run date's shards indexes the run date's ``item_vocab``."""
+    row = vocab.agg(F.max("item_idx").alias("max_idx"), F.count("*").alias("n")).first()
+    if row["max_idx"] is None or int(row["max_idx"]) != n_items:
+        raise InputError(f"shards/vocabulary mismatch: the manifest of {run_date} under {store.root} has "
+                         f"n_items={n_items} but table item_vocab has max item_idx={row['max_idx']}; rerun stage 2")
+    return {"vocab_items": int(row["n"]), "manifest_checked": False}
+
+
+def read_export_vocabulary(spark, model_dir: str) -> DataFrame:
+    """The export's own ``item_vocab.parquet`` (item_id, item_idx): an earlier night's item indices."""
+    path = os.path.join(model_dir, VOCAB_FILE)
+    if not os.path.isfile(path):
+        raise InputError(f"model {model_dir} has no {VOCAB_FILE}: its item indices cannot be mapped to "
+                         f"item ids (an export of an earlier night needs its own vocabulary)")
+    return spark.read.parquet(file_url(path))
+
+
+def written_rows(spark, store: TableStore, commit: RunCommit, run_date: str) -> DataFrame:
+    """The rows this run wrote: for parquet the commit's staging folder (published when the run
+    commits, so the table's partition is still the previous run's or absent), for Delta the table."""
+    if store.fmt == "parquet":
+        final = store.partition_path(TABLE, run_date).rstrip("/")
+        staging = next(m.staging for m in reversed(commit.moves) if m.final == final)
+        return spark.read.parquet(staging)
+    return store.read(spark, TABLE, run_date)
+
+
 def read_sessions_source(spark, cfg: RecommendConfig, store: TableStore):
     """The raw sessions source: stage 1's table of the run date, or --sessions."""
     if not cfg.sessions:
@@ -92,20 +127,40 @@ def recommend(spark, cfg: RecommendConfig) -> dict[str, Any]:
 def _recommend(spark, cfg: RecommendConfig, commit: RunCommit) -> dict[str, Any]:
     t0 = time.time()
     store = TableStore(cfg.output, cfg.table_format)
-    model_dir = os.path.abspath(local_path(cfg.resolved_model_dir()))
-    config = check_export(model_dir)
+    chosen = resolve_model(spark, store, cfg)
     vocab = store.read(spark, ITEM_VOCAB, cfg.run_date)
-    match = check_model_matches_run_date(config, model_dir, vocab, store, cfg.run_date, cfg.check_manifest)
-    model_version = str(config.get("model_version") or os.path.basename(model_dir))
-    max_len = cfg.max_len or int(config["max_len"])
-    variant = str(config["model"].get("variant", "srgnn")) if isinstance(config["model"], dict) else "srgnn"
+    model_vocab = vocab           # the vocabulary of the scorer's item indices
+    baseline = None               # a fitted baseline's scorer (broadcast to the executors)
+    fitted = None
+    if chosen.name in (SRGNN, PREVIOUS):
+        model_dir = srgnn_model_dir(spark, store, cfg, chosen.name)
+        config = check_export(model_dir)
+        if chosen.name == PREVIOUS:
+            model_vocab = export_vocabulary(read_export_vocabulary(spark, model_dir))
+            match = {"vocab_items": int(config["n_items"]), "manifest_checked": False}
+        else:
+            match = check_model_matches_run_date(config, model_dir, vocab, store, cfg.run_date, cfg.check_manifest)
+        model_version = str(config.get("model_version") or os.path.basename(model_dir))
+        max_len = cfg.max_len or int(config["max_len"])
+        variant = str(config["model"].get("variant", "srgnn")) if isinstance(config["model"], dict) else "srgnn"
+        n_items = int(config["n_items"])
+        fit_info: dict[str, Any] = {}
+    else:
+        baseline, fit_info = fit_baseline(spark, store, cfg, chosen.name)
+        n_items, max_len, variant, model_dir = fit_info["n_items"], cfg.max_len or fit_info["max_len"], chosen.name, None
+        match = check_baseline_matches_run_date(n_items, vocab, store, cfg.run_date)
+        model_version = chosen.model_version or f"{chosen.name}@{cfg.run_date}"
     with_ngc = variant == "ngc"
-    log.info("model %s (version %s, variant %s, n_items %s), max_len %d, k %d",
-             model_dir, model_version, variant, config["n_items"], max_len, cfg.k)
+    if with_ngc and chosen.name == PREVIOUS:
+        raise InputError(f"model {model_dir} is an SR-GNN-NGC model of an earlier night: its edge weights "
+                         f"would come from tonight's item_graph in another item index; score it with "
+                         f"--model-name srgnn --model-dir on its own night's data, or choose another model")
+    log.info("model %s (%s; version %s, variant %s, n_items %s), max_len %d, k %d",
+             chosen.name, chosen.chosen_by, model_version, variant, n_items, max_len, cfg.k)
 
     source, source_name = read_sessions_source(spark, cfg, store)
     sessions = sessions_to_score(source, cfg.session_id_col, cfg.items_col, cfg.split, source_name)
-    indexed_all = session_item_indices(clicks_with_item_index(session_clicks(sessions), vocab))
+    indexed_all = session_item_indices(clicks_with_item_index(session_clicks(sessions), model_vocab))
     indexed_all = indexed_all.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = session_counts(indexed_all, max_len).first().asDict()
@@ -123,12 +178,17 @@ def _recommend(spark, cfg: RecommendConfig, commit: RunCommit) -> dict[str, Any]
         padded = padded_sessions(indexed, max_len)
         if with_ngc:
             padded = ngc_transition_weights(padded, store.read(spark, ITEM_GRAPH, cfg.run_date), max_len)
-        scorer = make_partition_scorer(model_dir, cfg.k, max_len, cfg.batch_size, cfg.device,
-                                       cfg.exclude_seen, threads, with_ngc)
-        from_model = with_item_ids(model_recommendations(padded, scorer, partitions), vocab,
-                                   model_version, SOURCE_MODEL)
+        if baseline is None:
+            scorer = make_partition_scorer(model_dir, cfg.k, max_len, cfg.batch_size, cfg.device,
+                                           cfg.exclude_seen, threads, with_ngc)
+        else:
+            fitted = spark.sparkContext.broadcast(baseline)
+            scorer = make_baseline_partition_scorer(fitted, cfg.k, max_len, cfg.batch_size,
+                                                    cfg.exclude_seen, threads)
+        from_model = with_item_ids(model_recommendations(padded, scorer, partitions), model_vocab,
+                                   model_version, SOURCE_MODEL, chosen.name)
         from_popular = with_item_ids(popular_recommendations(indexed, vocab, cfg.k), vocab,
-                                     model_version, SOURCE_POPULAR)
+                                     model_version, SOURCE_POPULAR, chosen.name)
         log.info("scoring %d sessions from %s in %d partitions (%d torch threads each, batch %d)",
                  counts["sessions"], source_name, partitions, threads, cfg.batch_size)
         try:
@@ -142,8 +202,10 @@ def _recommend(spark, cfg: RecommendConfig, commit: RunCommit) -> dict[str, Any]
             raise NonFiniteScores(found.group(1).strip()) from None
     finally:
         indexed_all.unpersist()
+        if fitted is not None:
+            fitted.destroy()
 
-    written = store.read(spark, TABLE, cfg.run_date)
+    written = written_rows(spark, store, commit, cfg.run_date)
     by_source = {r["source"]: int(r["count"]) for r in written.groupBy("source").count().collect()}
     elapsed = time.time() - t0
     n_sessions = counts["sessions"]
@@ -152,6 +214,8 @@ def _recommend(spark, cfg: RecommendConfig, commit: RunCommit) -> dict[str, Any]
         "run_date": cfg.run_date,
         "source": source_name,
         "split": cfg.split,
+        "model": chosen.name,
+        "chosen_by": chosen.chosen_by,
         "model_dir": model_dir,
         "model_version": model_version,
         "variant": variant,
@@ -167,6 +231,7 @@ def _recommend(spark, cfg: RecommendConfig, commit: RunCommit) -> dict[str, Any]
         "rows_popular": by_source.get(SOURCE_POPULAR, 0),
         "exclude_seen": cfg.exclude_seen,
         "manifest_checked": match["manifest_checked"],
+        **({"baseline_fit": fit_info} if fit_info else {}),
         "output": target,
         "seconds": round(elapsed, 3),
         "sessions_per_s": round(n_sessions / elapsed, 1) if elapsed > 0 else None,

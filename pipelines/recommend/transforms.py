@@ -6,6 +6,11 @@
                                       -> with_item_ids                                  source 'model'
       -> sessions with no known item: popular_recommendations -> with_item_ids          source 'popular'
 
+The scorer is SR-GNN (``executor.make_partition_scorer``) or a fitted baseline
+(``executor.make_baseline_partition_scorer``); both take and return the same Arrow batches. The
+vocabulary that indexes the clicks is the scorer's: tonight's ``item_vocab``, or for a model of an
+earlier night its export's ``item_vocab.parquet`` (:func:`export_vocabulary`).
+
 Ranks follow ``srgnn.metrics``: score descending, ties by item index ascending. The prefix fed to
 the model is the last ``max_len`` known clicks, right-padded: the shards' convention, so scoring a
 test example here gives the same logits as the trainer's evaluation.
@@ -52,6 +57,14 @@ def clicks_with_item_index(clicks, vocab):
                          F.col("item_idx").cast("int").alias("item_idx"))
     return (clicks.join(F.broadcast(index), on="item_id", how="left")
             .select("session_id", "pos", "item_id", "item_idx"))
+
+
+def export_vocabulary(export_vocab):
+    """An export's ``item_vocab.parquet`` (item_id, item_idx) as a vocabulary the transforms join
+    with: item_id string, item_idx int, support long (null: popularity comes from tonight's vocabulary)."""
+    return export_vocab.select(F.col("item_id").cast("string").alias("item_id"),
+                               F.col("item_idx").cast("int").alias("item_idx"),
+                               F.lit(None).cast("long").alias("support"))
 
 
 def session_item_indices(indexed_clicks):
@@ -135,15 +148,18 @@ def explode_top_k(scored):
             .where(F.col("score") > F.lit(float("-inf"))))  # --exclude-seen on a tiny catalogue
 
 
-def with_item_ids(ranked, vocab, model_version: str, source: str):
-    """The output schema: session_id, rank, item_id (original id), score, model_version, source."""
+def with_item_ids(ranked, vocab, model_version: str, source: str, model: str = "srgnn"):
+    """The output schema: session_id, rank, item_id (original id), score, model_version, source,
+    model. ``vocab`` maps the scorer's item indices back to item ids (for a model of an earlier
+    night: its export's own vocabulary)."""
     index = vocab.select(F.col("item_idx").cast("int").alias("item_idx"),
                          F.col("item_id").cast("string").alias("item_id"))
     return (ranked.join(F.broadcast(index), on="item_idx", how="inner")
             .select("session_id", F.col("rank").cast("int").alias("rank"), "item_id",
                     F.col("score").cast("float").alias("score"),
                     F.lit(model_version).cast("string").alias("model_version"),
-                    F.lit(source).alias("source")))
+                    F.lit(source).alias("source"),
+                    F.lit(model).cast("string").alias("model")))
 
 
 def popular_items(vocab, k: int):
