@@ -2,6 +2,7 @@
 the night costs.
 
     .venv/bin/python bench/nights.py --days 7 [--clicks-per-day 3000] [--window-days 7] [--out bench/_out/nights]
+    .venv/bin/python bench/nights.py --days 7 --no-warm-start --out bench/_out/nights-cold   # from scratch
 
 Writes a synthetic events table (bench/synth.py --format events-table: popularity drifts, items appear
 and fade) with ``window_days`` days of history before the first night, then runs jobs/nightly.py's
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--start", default="2014-04-01", help="first day of the events (UTC)")
     p.add_argument("--out", default=str(ROOT / "bench" / "_out" / "nights"))
     p.add_argument("--config", default=str(ROOT / "conf" / "stream.yaml"))
+    p.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=True,
+                   help="start each night from the SR-GNN published the night before (the nightly's default)")
+    p.add_argument("--warm-epochs", type=int, default=0, help="epochs of a warm-started night (0: the config's)")
     a = p.parse_args(argv)
 
     from bench.synth import SynthConfig, write_events_table
@@ -53,7 +57,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ncfg = NightlyConfig.from_args(["--config", a.config, "--input", str(events), "--format", "events",
                                         "--input-format", "parquet", "--date-col", "event_date",
                                         "--window-days", str(a.window_days), "--output", str(out / "tables"),
-                                        "--run-date", night])
+                                        "--run-date", night, "--warm-epochs", str(a.warm_epochs),
+                                        "--warm-start" if a.warm_start else "--no-warm-start"])
         t0 = time.time()
         result = run_nightly(ncfg, spark=spark)
         total = time.time() - t0
