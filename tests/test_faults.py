@@ -104,3 +104,19 @@ def test_no_space_left_is_one_line(capsys):
 def test_a_bug_keeps_its_traceback():
     with pytest.raises(ZeroDivisionError):
         run_job(lambda: 1 / 0)
+
+
+def test_missing_object_store_credentials_are_one_line(capsys, monkeypatch):
+    from srgnn.core import fs
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")   # nothing listens there
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()
+    line = _one_line(capsys, lambda: fs.read_json("s3://bucket/out/stats/x.json"))
+    assert line.startswith("error: object store: ") and "AWS_* variables" in line

@@ -22,6 +22,7 @@ import re
 import time
 from typing import Any
 
+import pyarrow.parquet as pq
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -39,7 +40,7 @@ from pipelines.tables import TableStore
 from srgnn.core.contracts import CONFIG_FILE, ITEM_GRAPH, ITEM_VOCAB, SESSIONS, STATS_RECOMMEND, VOCAB_FILE
 from srgnn.core.errors import InputError, PipelineError
 from srgnn.core.commit import RunCommit, complete_pending
-from srgnn.core.fs import file_url, local_path, read_json
+from srgnn.core.fs import arrow_filesystem, exists, file_url, is_local, local_path, read_json
 from srgnn.core.layout import Layout, partition_name
 from srgnn.core.log import get_logger
 from srgnn.integrity import NonFiniteScores, check_export, check_model_matches_manifest
@@ -82,11 +83,14 @@ def check_baseline_matches_run_date(n_items: int, vocab: DataFrame, store: Table
 
 def read_export_vocabulary(spark, model_dir: str) -> DataFrame:
     """The export's own ``item_vocab.parquet`` (item_id, item_idx): an earlier night's item indices."""
-    path = os.path.join(model_dir, VOCAB_FILE)
-    if not os.path.isfile(path):
+    path = f"{model_dir}/{VOCAB_FILE}"
+    if not exists(path):
         raise InputError(f"model {model_dir} has no {VOCAB_FILE}: its item indices cannot be mapped to "
                          f"item ids (an export of an earlier night needs its own vocabulary)")
-    return spark.read.parquet(file_url(path))
+    if is_local(path):
+        return spark.read.parquet(file_url(local_path(path)))
+    arrow_fs, inner = arrow_filesystem(path)   # the driver reads it: no Hadoop connector needed
+    return spark.createDataFrame(pq.read_table(inner, filesystem=arrow_fs, columns=["item_id", "item_idx"]).to_pandas())
 
 
 def written_rows(spark, store: TableStore, commit: RunCommit, run_date: str) -> DataFrame:

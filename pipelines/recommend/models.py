@@ -23,7 +23,7 @@ from pipelines.tables import TableStore, path_exists
 from srgnn.baselines import Scorer
 from srgnn.core.contracts import ITEM_GRAPH, SESSIONS
 from srgnn.core.errors import InputError
-from srgnn.core.fs import local_path, read_json
+from srgnn.core.fs import is_local, local_path, read_json
 from srgnn.core.layout import partition_name
 from srgnn.core.log import get_logger
 
@@ -69,7 +69,7 @@ def resolve_model(spark, store: TableStore, cfg: RecommendConfig) -> ChosenModel
 def srgnn_model_dir(spark, store: TableStore, cfg: RecommendConfig, name: str) -> str:
     """The export that scores as ``name`` (srgnn or previous): ``--model-dir`` when given."""
     if cfg.model_dir or name == SRGNN:
-        return os.path.abspath(local_path(cfg.resolved_model_dir()))
+        return model_location(cfg.resolved_model_dir())
     assert name == PREVIOUS
     from pipelines.select.job import previous_model_dir
 
@@ -77,7 +77,12 @@ def srgnn_model_dir(spark, store: TableStore, cfg: RecommendConfig, name: str) -
     if found is None:
         raise InputError(f"no SR-GNN model was published before {cfg.run_date} under {store.root} "
                          f"(table {MODEL_SELECTION}); pass --model-dir for --model-name previous")
-    return os.path.abspath(local_path(found))
+    return model_location(found)
+
+
+def model_location(path: str) -> str:
+    """An absolute local path, or the object-store URI as given (the executors read either)."""
+    return os.path.abspath(local_path(path)) if is_local(path) else path.rstrip("/")
 
 
 def fit_baseline(spark, store: TableStore, cfg: RecommendConfig, name: str) -> tuple[Scorer, dict[str, Any]]:

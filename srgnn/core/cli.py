@@ -49,12 +49,25 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+OBJECT_STORE_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "EndpointConnectionError",
+                       "InvalidAccessKeyId", "SignatureDoesNotMatch")
+
+
+def object_store_line(exc: BaseException) -> str | None:
+    """Missing or wrong object-store credentials, or an unreachable endpoint (boto's errors)."""
+    for e in _chain(exc):
+        if type(e).__name__ in OBJECT_STORE_ERRORS or any(k in str(e) for k in OBJECT_STORE_ERRORS[3:]):
+            return (f"object store: {e} (credentials and endpoint come from the AWS_* variables, "
+                    f"AWS_ENDPOINT_URL included)")
+    return None
+
+
 def describe(exc: BaseException) -> str | None:
     """The one line for an expected failure, or None for a bug."""
     for e in _chain(exc):
         if isinstance(e, PipelineError):
             return str(e)
-    for fn in [os_error_line, *_translators]:
+    for fn in [os_error_line, object_store_line, *_translators]:
         line = fn(exc)
         if line:
             return line
