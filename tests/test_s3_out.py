@@ -197,3 +197,26 @@ def test_republished_and_half_published_models_on_s3(tmp_path):
         fs.remove_tree(f"{model_dir}/config.json")
         with pytest.raises(InputError, match="file not found: .*config.json"):
             load_model(model_dir)
+
+
+def test_recommend_scores_with_a_model_on_s3_like_with_a_local_copy(s3_run, tmp_path):
+    """Stage 4's driver and executors load the model from the object store (the AWS_* variables
+    reach the job's local Spark workers through the environment)."""
+    import shutil
+
+    import pyarrow.dataset as ds
+
+    run_date, model_dir = s3_run["run_date"], s3_run["model_dir"]
+    local_model = fs.fetch_dir(model_dir, str(tmp_path / "model"))
+    rows = {}
+    for name, where in (("s3", model_dir), ("local", local_model)):
+        out = tmp_path / f"out-{name}"
+        shutil.copytree(s3_run["local"], out)
+        proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "recommend.py"), "--output", str(out),
+                               "--run-date", run_date, "--model-dir", where, "--model-name", "srgnn"],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        table = ds.dataset(str(out / "recommendations" / f"run_date={run_date}")).to_table().to_pandas()
+        rows[name] = table.sort_values(["session_id", "rank"]).reset_index(drop=True)
+    assert len(rows["s3"]) > 0
+    assert rows["s3"].equals(rows["local"])
