@@ -5,6 +5,7 @@
 
 Options: ``--help``; defaults and meanings in pipelines/train/config.py (TrainJobConfig) and docs/training.md.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -24,3 +25,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     run_job(main)
+    if launched_by_torchrun():
+        # Everything is written and closed by now. A rank leaves without the interpreter's teardown,
+        # where a native thread pool still winding down (pyarrow's, gloo's) can abort the process
+        # ("terminate called without an active exception"), which torchrun would report as a failed
+        # run and answer by killing the other ranks.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
