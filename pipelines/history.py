@@ -24,7 +24,7 @@ from srgnn.core.log import get_logger
 
 log = get_logger(__name__)
 
-MODEL_SELECTION = "model_selection"
+MODEL_SELECTION = C.MODEL_SELECTION
 ALERT_WINDOW = 7
 ALERT_MIN_NIGHTS = 3
 

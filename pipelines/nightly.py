@@ -241,8 +241,8 @@ def summarize(spark, cfg: NightlyConfig, configs: dict[str, StageConfig]) -> dic
                 for sid in ids]
 
     selection = []
-    if store.exists(spark, "model_selection", cfg.run_date):
-        selection = [r.asDict() for r in store.read(spark, "model_selection", cfg.run_date)
+    if store.exists(spark, C.MODEL_SELECTION, cfg.run_date):
+        selection = [r.asDict() for r in store.read(spark, C.MODEL_SELECTION, cfg.run_date)
                      .drop("run_date").collect()]
     evaluation = []
     if "evaluation" in tables:

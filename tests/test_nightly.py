@@ -19,7 +19,8 @@ from pipelines.nightly import (REFERENCE_END, REFERENCE_START, STAGES, NightlyCo
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DATE = "2016-06-01"
-TABLES = ["sessions", "item_vocab", "quarantine", "item_graph", "evaluation", "recommendations"]
+TABLES = ["sessions", "item_vocab", "quarantine", "item_graph", "evaluation", "model_selection",
+          "recommendations"]
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -137,6 +138,19 @@ def test_one_command_writes_every_table_and_the_model(nightly_twice, spark):
     assert str(model) in stdout
     assert "SR-GNN test metrics" in stdout and "HR@20" in stdout
     assert stdout.count("    -> ") == 3  # conf/sample.yaml: show_sessions 3
+
+
+@pytest.mark.slow
+def test_on_the_sample_a_baseline_that_beats_srgnn_is_published_and_scores(nightly_twice, spark):
+    """SR-GNN's MRR@20 on the sample is far below SR's: the guard publishes SR, stage 4 scores with it."""
+    first = nightly_twice["first_tables"]
+    chosen = first["model_selection"].where("chosen").collect()
+    assert [r["candidate"] for r in chosen] == ["sr"]
+    srgnn = first["model_selection"].where("candidate = 'srgnn'").collect()[0]
+    assert srgnn["value"] < chosen[0]["value"] - 0.01 and not srgnn["chosen"]
+    models = {r["model"] for r in first["recommendations"].select("model").distinct().collect()}
+    assert models == {"sr"}
+    assert "PUBLISHED sr" in nightly_twice["first"].stdout
 
 
 @pytest.mark.slow

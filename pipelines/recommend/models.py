@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from pipelines.baselines import check_sessions, fit_baselines, training_sessions
 from pipelines.recommend.config import AUTO, MODEL_NAMES, PREVIOUS, SRGNN, RecommendConfig
-from pipelines.select.config import MODEL_SELECTION
+from srgnn.core.contracts import MODEL_SELECTION
 from pipelines.tables import TableStore, path_exists
 from srgnn.baselines import Scorer
 from srgnn.core.contracts import ITEM_GRAPH, SESSIONS

@@ -8,7 +8,6 @@ from srgnn.core.config import StageConfig, opt
 from srgnn.core.contracts import SELECT_METRIC, TABLE_FORMATS
 from srgnn.core.errors import ConfigError
 
-MODEL_SELECTION = "model_selection"
 SELECTION_SCHEMA = ("candidate string, model_version string, metric string, value double, chosen boolean, "
                     "reason string")
 PREVIOUS_NAME = "previous"   # the evaluation's name for the model published the night before

@@ -14,7 +14,8 @@ from typing import Any
 from pyspark.sql import functions as F
 
 from pipelines.history import history_report
-from pipelines.select.config import MODEL_SELECTION, PREVIOUS_NAME, SELECTION_SCHEMA, SelectConfig
+from pipelines.select.config import PREVIOUS_NAME, SELECTION_SCHEMA, SelectConfig
+from srgnn.core.contracts import MODEL_SELECTION
 from pipelines.tables import TableStore
 from pipelines.train.tracking import Tracker
 from srgnn.baselines import BASELINES
