@@ -12,7 +12,8 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from pipelines.recommend import RecommendConfig, recommend
-from pipelines.select.config import MODEL_SELECTION, SELECTION_SCHEMA
+from pipelines.select.config import SELECTION_SCHEMA
+from srgnn.core.contracts import MODEL_SELECTION
 from pipelines.tables import TableStore
 from srgnn.core.errors import ConfigError, InputError
 from srgnn.core.layout import Layout
