@@ -42,8 +42,7 @@ def make_partition_scorer(model_dir: str, k: int, max_len: int, batch_size: int,
             n = batch.num_rows
             if n == 0:
                 continue
-            items = batch.column("items").flatten().to_numpy(zero_copy_only=False).reshape(n, max_len)
-            lengths = batch.column("length").to_numpy(zero_copy_only=False)
+            items, lengths = padded_arrays(batch, max_len)
             ngc_w = None
             if with_ngc:
                 ngc_w = batch.column("ngc_w").flatten().to_numpy(zero_copy_only=False).reshape(n, max_len)
@@ -52,6 +51,13 @@ def make_partition_scorer(model_dir: str, k: int, max_len: int, batch_size: int,
             yield scored_batch(batch.column("session_id"), idx, val)
 
     return score_partition
+
+
+def padded_arrays(batch, max_len: int):
+    """``items`` [n, max_len] and ``length`` [n] of an Arrow batch of padded sessions, as numpy."""
+    n = batch.num_rows
+    items = batch.column("items").flatten().to_numpy(zero_copy_only=False).reshape(n, max_len)
+    return items, batch.column("length").to_numpy(zero_copy_only=False)
 
 
 def scored_batch(session_ids, idx, val):
@@ -110,8 +116,7 @@ def make_baseline_partition_scorer(fitted, k: int, max_len: int, batch_size: int
             n = batch.num_rows
             if n == 0:
                 continue
-            items = batch.column("items").flatten().to_numpy(zero_copy_only=False).reshape(n, max_len)
-            lengths = batch.column("length").to_numpy(zero_copy_only=False)
+            items, lengths = padded_arrays(batch, max_len)
             idx, val = baseline_top_k(scorer, items, lengths, k, batch_size, exclude_seen)
             yield scored_batch(batch.column("session_id"), idx, val)
 
