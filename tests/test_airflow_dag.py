@@ -78,16 +78,16 @@ def test_nightly_dag_tasks_dependencies_and_operators(dagbag):
     dag = dagbag["dags"]["srgnn_nightly"]
     tasks = dag["tasks"]
     assert dag["schedule"] == "@daily" and dag["catchup"] is False
-    assert set(tasks) == {"build_sessions", "build_graph", "train", "recommend", "evaluate"}
+    assert set(tasks) == {"build_sessions", "build_graph", "train", "evaluate", "select", "recommend"}
     assert {k: v["upstream"] for k, v in tasks.items()} == {
         "build_sessions": [], "build_graph": ["build_sessions"], "train": ["build_graph"],
-        "recommend": ["train"], "evaluate": ["train"]}
-    for spark_task in ("build_sessions", "build_graph", "recommend", "evaluate"):
+        "evaluate": ["train"], "select": ["evaluate"], "recommend": ["select"]}
+    for spark_task in ("build_sessions", "build_graph", "evaluate", "select", "recommend"):
         t = tasks[spark_task]
         assert t["type"] == "SparkSubmitOperator"
         app = Path(t["fields"]["application"])
         assert app.is_file(), f"{app} does not exist"
-        assert app.name == f"{spark_task}.py"
+        assert app.name == {"select": "select_model.py"}.get(spark_task, f"{spark_task}.py")
         args = t["fields"]["application_args"]
         assert args[args.index("--run-date") + 1] == "2016-06-01"  # {{ ds }} rendered
         assert "--output" in args

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["build_sessions", "build_graph", "train", "recommend"]
+STAGES = ["build_sessions", "build_graph", "train", "evaluate", "select", "recommend"]
 VAR_RE = re.compile(r"\$\{var\.([A-Za-z0-9_]+)\}")
 
 

@@ -1,7 +1,6 @@
 """Airflow DAG ``srgnn_nightly``: the nightly pipeline for users without Databricks.
 
-    build_sessions -> build_graph -> train -> recommend
-                                           -> evaluate
+    build_sessions -> build_graph -> train -> evaluate -> select -> recommend
 
 The Spark stages go through ``SparkSubmitOperator`` (connection ``spark_default``: a YARN,
 Kubernetes or standalone master, or local), training is a ``torchrun`` step (``BashOperator``) on
@@ -78,7 +77,7 @@ def spark_stage(task_id: str, script: str, args: list[str]) -> SparkSubmitOperat
 
 with DAG(
     dag_id="srgnn_nightly",
-    description="SR-GNN session recommendations: sessions -> graph/shards -> train -> recommend",
+    description="SR-GNN session recommendations: sessions -> graph/shards -> train -> evaluate -> select -> recommend",
     schedule="@daily",
     start_date=datetime(2024, 1, 1),
     catchup=False,
@@ -104,5 +103,7 @@ with DAG(
         "recommend", "recommend.py", [*COMMON, "--table-format", TABLE_FORMAT])
     evaluate = spark_stage(
         "evaluate", "evaluate.py", [*COMMON, "--table-format", TABLE_FORMAT])
+    select = spark_stage(
+        "select", "select_model.py", [*COMMON, "--table-format", TABLE_FORMAT])
 
-    build_sessions >> build_graph >> train >> [recommend, evaluate]
+    build_sessions >> build_graph >> train >> evaluate >> select >> recommend
