@@ -11,7 +11,7 @@ model cache) and then --repeats timed runs, and prints the machine, the figures 
 Also prints the in-process scorer alone (no Spark) on the same sessions for comparison.
 
 ``--model-name`` (comma-separated: srgnn and the baselines pop, spop, itemknn, sr, vsknn) runs the
-stage once per model in the same sitting (``--model-name`` of stage 4). The OUT also holds
+stage once per model, back to back (``--model-name`` of stage 4). The OUT also holds
 ``--train-sessions`` synthetic training sessions (split 'train', same popularity), a train shard of
 their ids, a manifest and an item_graph of their transitions, which the baselines are fitted on
 inside the stage; their rate is printed with the fit (``fit_s``) and without it (``scoring``), and
@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="", help="where to write the synthetic OUT (default: a temp dir)")
     ap.add_argument("--skip-direct", action="store_true", help="do not time the in-process scorer")
     ap.add_argument("--model-name", default="srgnn",
-                    help="comma-separated models to run in this sitting: srgnn and/or pop, spop, itemknn, sr, vsknn")
+                    help="comma-separated models to run back to back: srgnn and/or pop, spop, itemknn, sr, vsknn")
     ap.add_argument("--train-sessions", type=int, default=0,
                     help="synthetic training sessions for the baselines (0 = as many as --sessions)")
     args = ap.parse_args()
