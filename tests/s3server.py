@@ -34,3 +34,6 @@ def s3_bucket():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        from s3fs import S3FileSystem
+
+        S3FileSystem.clear_instance_cache()  # no cached client keeps pointing at the stopped server
